@@ -1,0 +1,46 @@
+"""lstmjax: long short-term memory networks (and their baselines) as pure JAX functions.
+
+A cell is a tuple of pure functions (`init`, `initial_state`, `step`, ...); `lj.unroll` runs it
+over time with `lax.scan` and shared weights. Everything composes with `jit`, `vmap` and `grad`.
+
+    import jax, lstmjax as lj
+    cell = lj.lstm(hidden_size=64)
+    params = cell.init(jax.random.PRNGKey(0), input_size=3)
+    final_state, ys = lj.unroll(cell, params, xs)      # xs: (T, ..., 3) -> ys: (T, ..., 64)
+"""
+
+from lstmjax._cell import Cell
+from lstmjax._gru import GRUInternals, GRUParams, gru
+from lstmjax._initializers import PRESETS as INIT_PRESETS
+from lstmjax._initializers import InitScheme
+from lstmjax._initializers import preset as init_preset
+from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unroll_bidirectional, unroll_layers
+from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
+from lstmjax._rnn import RNNInternals, RNNParams, rnn
+from lstmjax._unroll import unroll, unroll_with_internals
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bidirectional",
+    "Cell",
+    "GRUInternals",
+    "GRUParams",
+    "INIT_PRESETS",
+    "InitScheme",
+    "LSTMInternals",
+    "LSTMParams",
+    "LSTMState",
+    "RNNInternals",
+    "RNNParams",
+    "gru",
+    "init_bidirectional",
+    "init_layers",
+    "init_preset",
+    "lstm",
+    "rnn",
+    "unroll",
+    "unroll_bidirectional",
+    "unroll_layers",
+    "unroll_with_internals",
+]

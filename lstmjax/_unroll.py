@@ -1,0 +1,197 @@
+"""Unrolling a cell over time with `lax.scan`: the same (shared) weights at every step.
+
+Variable-length batches, gaps and episode boundaries are handled here once, for every cell:
+
+* `lengths` (shape `batch`): sequence `b` has `lengths[b]` real steps; outputs past its end are
+  zero and its final state is the state after its last real step.
+* `mask` (shape `(T, *batch)`, bool): `False` marks a gap; the state is held through it and
+  its output is zero. `lengths` is the special case `mask[t] = t < lengths`.
+* `resets` (shape `(T, *batch)`, bool): `True` at `t` starts a new episode at step `t`: the
+  state is reset to the initial state just before step `t` is computed.
+* `reverse=True` reads each sequence backwards from its own last real step. `ys` stays
+  aligned with `xs` (`ys[t]` is the output for input `t`), and `resets` keep meaning "an
+  episode starts at t", so the backward pass restarts after it has processed step `t`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from lstmjax._cell import Cell, Params, State
+
+
+def unroll(
+    cell: Cell,
+    params: Params,
+    xs: ArrayLike,
+    state: State | None = None,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
+    mask: ArrayLike | None = None,
+    resets: ArrayLike | None = None,
+) -> tuple[State, jax.Array]:
+    """Runs `cell` over the time axis of `xs` with `lax.scan`.
+
+    Args:
+        cell: an `lj.Cell`.
+        params: the cell's parameters, shared by every step.
+        xs: inputs, shape `(T, *batch, input_size)`; any batch shape, including none.
+        state: initial state; each leaf of shape `(*batch, H)`, or `(H,)` to share one initial
+            state (for example a learnable one) across the batch. `None` gives zeros.
+        lengths: integer sequence lengths, shape `batch`, each in `[0, T]`.
+        reverse: run each sequence from its last real step back to step 0.
+        mask: bool, shape `(T, *batch)`; `False` holds the state and zeroes the output.
+        resets: bool, shape `(T, *batch)`; `True` at `t` resets the state before step `t`.
+
+    Returns:
+        `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
+    """
+    final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals=False)
+    return final_state, ys
+
+
+def unroll_with_internals(
+    cell: Cell,
+    params: Params,
+    xs: ArrayLike,
+    state: State | None = None,
+    lengths: ArrayLike | None = None,
+    reverse: bool = False,
+    mask: ArrayLike | None = None,
+    resets: ArrayLike | None = None,
+) -> tuple[State, jax.Array, Any]:
+    """`unroll` that also returns every step's internals, stacked over time.
+
+    For the LSTM the internals are an `lj.LSTMInternals(i, f, g, o, c, h)`, each of shape
+    `(T, *batch, H)`: the gate percentages, the candidate and both memories after each step,
+    what the StatQuest video draws. Internals of masked steps are zero, like their outputs.
+
+    Returns:
+        `(final_state, ys, internals)`; arguments as in `unroll`.
+    """
+    return _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals=True)
+
+
+def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals):
+    if not isinstance(cell, Cell):
+        raise ValueError(f"cell must be an lj.Cell (from lj.lstm, lj.gru, lj.rnn, ...), got {type(cell).__name__}")
+    xs = jnp.asarray(xs)
+    if xs.ndim < 2:
+        raise ValueError(f"xs must have shape (T, *batch, input_size), got shape {tuple(xs.shape)}")
+    steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
+    init_state = _initial_state(cell, params, state, batch_shape)
+    _check_step_fits(cell, params, init_state, xs)
+    valid = _valid_steps(steps, batch_shape, lengths, mask)
+    reset = _reset_before(steps, batch_shape, resets, reverse)
+
+    def body(carry, inputs):
+        x, is_valid, is_reset = inputs
+        if is_reset is not None:
+            carry = _select(is_reset, init_state, carry)
+        new, y, internals = cell.step_with_internals(params, carry, x)
+        if is_valid is not None:
+            new = _select(is_valid, new, carry)
+            y, internals = _zero_where_invalid(is_valid, (y, internals))
+        return new, ((y, internals) if with_internals else (y, None))
+
+    final_state, (ys, internals) = lax.scan(body, init_state, (xs, valid, reset), reverse=reverse)
+    return final_state, ys, internals
+
+
+def _initial_state(cell: Cell, params: Params, state: State | None, batch_shape: tuple[int, ...]) -> State:
+    """The initial state, with unbatched `(H,)` leaves broadcast to the batch shape."""
+    if state is None:
+        return cell.initial_state(params, batch_shape)
+    expected = jax.eval_shape(lambda p: cell.initial_state(p, batch_shape), params)
+    expected_leaves, expected_tree = jax.tree_util.tree_flatten(expected)
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    if tree != expected_tree:
+        raise ValueError(f"state must have the structure of cell.initial_state(params): "
+                         f"expected {expected_tree}, got {tree}")
+    fitted = []
+    for path_leaf, want in zip(jax.tree_util.tree_flatten_with_path(state)[0], expected_leaves):
+        path, leaf = path_leaf
+        leaf = jnp.asarray(leaf)
+        unbatched = want.shape[len(batch_shape):]
+        if leaf.shape == want.shape:
+            fitted.append(leaf)
+        elif leaf.shape == unbatched:
+            fitted.append(jnp.broadcast_to(leaf, want.shape))
+        else:
+            raise ValueError(
+                f"state{jax.tree_util.keystr(path)} must have shape {want.shape} (batch shape "
+                f"{batch_shape} of xs) or {unbatched} (shared across the batch), got shape {leaf.shape}")
+    return jax.tree_util.tree_unflatten(tree, fitted)
+
+
+def _check_step_fits(cell: Cell, params: Params, state: State, xs: jax.Array) -> None:
+    """Traces one step abstractly so that a wrong input size is reported against `xs`."""
+    try:
+        jax.eval_shape(cell.step, params, state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
+    except ValueError as error:
+        raise ValueError(f"xs of shape {tuple(xs.shape)} (T, *batch, input_size) does not fit the "
+                         f"{cell.name} cell: {error}") from error
+
+
+def _valid_steps(steps: int, batch_shape: tuple[int, ...], lengths, mask) -> jax.Array | None:
+    """The bool array `(T, *batch)` of real steps, or None when every step is real."""
+    valid = None
+    if lengths is not None:
+        lengths = _check_lengths(lengths, steps, batch_shape)
+        time = jnp.arange(steps).reshape((steps,) + (1,) * len(batch_shape))
+        valid = time < lengths
+    if mask is not None:
+        mask = _check_time_flags("mask", mask, steps, batch_shape)
+        valid = mask if valid is None else valid & mask
+    return valid
+
+
+def _reset_before(steps: int, batch_shape: tuple[int, ...], resets, reverse: bool) -> jax.Array | None:
+    """Where to reset the carry before computing each step, in the scan's own direction."""
+    if resets is None:
+        return None
+    resets = _check_time_flags("resets", resets, steps, batch_shape)
+    if not reverse:
+        return resets
+    # Backwards, an episode starting at t+1 ends once step t+1 is done: reset before step t.
+    return jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+
+
+def _check_lengths(lengths, steps: int, batch_shape: tuple[int, ...]) -> jax.Array:
+    lengths_array = jnp.asarray(lengths)
+    if tuple(lengths_array.shape) != batch_shape:
+        raise ValueError(f"lengths must have the batch shape of xs, {batch_shape}, "
+                         f"got shape {tuple(lengths_array.shape)}")
+    if not jnp.issubdtype(lengths_array.dtype, jnp.integer):
+        raise ValueError(f"lengths must have an integer dtype, got {lengths_array.dtype}")
+    if not isinstance(lengths, jax.core.Tracer):
+        concrete = np.asarray(lengths)
+        if concrete.size and (concrete.min() < 0 or concrete.max() > steps):
+            raise ValueError(f"lengths must lie in [0, T={steps}], got values from "
+                             f"{concrete.min()} to {concrete.max()}")
+    return lengths_array
+
+
+def _check_time_flags(name: str, flags, steps: int, batch_shape: tuple[int, ...]) -> jax.Array:
+    flags = jnp.asarray(flags)
+    expected = (steps, *batch_shape)
+    if tuple(flags.shape) != expected:
+        raise ValueError(f"{name} must have shape (T, *batch) = {expected}, got shape {tuple(flags.shape)}")
+    if flags.dtype != jnp.bool_:
+        raise ValueError(f"{name} must have dtype bool, got {flags.dtype}")
+    return flags
+
+
+def _select(condition: jax.Array, on_true: State, on_false: State) -> State:
+    """Per batch element, picks a whole state: `condition` has the batch shape."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition[..., None], a, b), on_true, on_false)
+
+
+def _zero_where_invalid(condition: jax.Array, tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: jnp.where(condition[..., None], a, jnp.zeros_like(a)), tree)
