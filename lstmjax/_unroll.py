@@ -7,7 +7,9 @@ Variable-length batches, gaps and episode boundaries are handled here once, for 
 * `mask` (shape `(T, *batch)`, bool): `False` marks a gap; the state is held through it and
   its output is zero. `lengths` is the special case `mask[t] = t < lengths`.
 * `resets` (shape `(T, *batch)`, bool): `True` at `t` starts a new episode at step `t`: the
-  state is reset to the initial state just before step `t` is computed.
+  state is reset to the initial state just before step `t` is computed (a reset that falls on
+  a masked step takes effect at the next real step, so a final state is always the state
+  after the sequence's last real step).
 * `reverse=True` reads each sequence backwards from its own last real step. `ys` stays
   aligned with `xs` (`ys[t]` is the output for input `t`), and `resets` keep meaning "an
   episode starts at t", so the backward pass restarts after it has processed step `t`.
@@ -90,17 +92,24 @@ def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internal
     valid = _valid_steps(steps, batch_shape, lengths, mask)
     reset = _reset_before(steps, batch_shape, resets, reverse)
 
-    def body(carry, inputs):
-        x, is_valid, is_reset = inputs
-        if is_reset is not None:
-            carry = _select(is_reset, init_state, carry)
-        new, y, internals = cell.step_with_internals(params, carry, x)
-        if is_valid is not None:
-            new = _select(is_valid, new, carry)
-            y, internals = _zero_where_invalid(is_valid, (y, internals))
-        return new, ((y, internals) if with_internals else (y, None))
+    pending = None if reset is None else jnp.zeros(batch_shape, bool)
 
-    final_state, (ys, internals) = lax.scan(body, init_state, (xs, valid, reset), reverse=reverse)
+    def body(carry, inputs):
+        state, pending = carry
+        x, is_valid, is_reset = inputs
+        start = state
+        if is_reset is not None:
+            pending = pending | is_reset
+            start = _select(pending, init_state, state)
+        new, y, internals = cell.step_with_internals(params, start, x)
+        if is_valid is not None:
+            new = _select(is_valid, new, state)
+            y, internals = _zero_where_invalid(is_valid, (y, internals))
+        if pending is not None:
+            pending = pending & ~is_valid if is_valid is not None else jnp.zeros_like(pending)
+        return (new, pending), ((y, internals) if with_internals else (y, None))
+
+    (final_state, _), (ys, internals) = lax.scan(body, (init_state, pending), (xs, valid, reset), reverse=reverse)
     return final_state, ys, internals
 
 

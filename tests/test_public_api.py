@@ -1,0 +1,27 @@
+"""Pins the public API: a change to `lj.__all__` must be deliberate."""
+
+import lstmjax as lj
+
+PUBLIC_API = {
+    "Bidirectional", "Cell", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
+    "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
+    "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
+}
+
+
+def test_all_is_pinned():
+    assert set(lj.__all__) == PUBLIC_API
+    assert len(lj.__all__) == len(PUBLIC_API)
+
+
+def test_every_public_name_exists_and_is_documented():
+    for name in lj.__all__:
+        value = getattr(lj, name)
+        if callable(value):
+            assert value.__doc__ and value.__doc__.strip(), f"lj.{name} has no docstring"
+
+
+def test_lstm_params_layout():
+    assert lj.LSTMParams._fields == ("w_x", "w_h", "b")
+    assert lj.LSTMState._fields == ("h", "c")
+    assert lj.Cell._fields[:3] == ("init", "initial_state", "step")
