@@ -10,6 +10,19 @@ over time with `lax.scan` and shared weights. Everything composes with `jit`, `v
 """
 
 from lstmjax._cell import Cell
+from lstmjax._diagnostics import (
+    GateSaturation,
+    GradientNorms,
+    LogDecayFit,
+    StateSensitivity,
+    distance_to_fraction,
+    fit_log_decay,
+    forget_gate_gain,
+    gate_saturation,
+    gradient_norms_over_time,
+    state_sensitivity,
+    step_jacobians,
+)
 from lstmjax._gru import GRUInternals, GRUParams, gru
 from lstmjax._initializers import PRESETS as INIT_PRESETS
 from lstmjax._initializers import InitScheme
@@ -24,6 +37,17 @@ __version__ = "0.1.0"
 __all__ = [
     "Bidirectional",
     "Cell",
+    "GateSaturation",
+    "GradientNorms",
+    "LogDecayFit",
+    "StateSensitivity",
+    "distance_to_fraction",
+    "fit_log_decay",
+    "forget_gate_gain",
+    "gate_saturation",
+    "gradient_norms_over_time",
+    "state_sensitivity",
+    "step_jacobians",
     "GRUInternals",
     "GRUParams",
     "INIT_PRESETS",

@@ -28,6 +28,8 @@ class Cell(NamedTuple):
             carry first, so `functools.partial(cell.step, params)` is what `lax.scan` wants.
         step_with_internals: `step_with_internals(params, state, x) -> (state, y, internals)`,
             the same step that also returns the per-step internals (gate activations, memories).
+        output: `output(state) -> y`, the output as a function of the state (the LSTM's `h`;
+            the whole state for the GRU and the RNN); `step` returns `y = output(new_state)`.
         hidden_size: number of hidden units `H`.
         name: the family's name, for messages and reports (`"lstm"`, `"gru"`, `"rnn"`, ...).
     """
@@ -36,6 +38,7 @@ class Cell(NamedTuple):
     initial_state: Callable[..., State]
     step: Callable[[Params, State, jax.Array], tuple[State, jax.Array]]
     step_with_internals: Callable[[Params, State, jax.Array], tuple[State, jax.Array, Internals]]
+    output: Callable[[State], jax.Array]
     hidden_size: int
     name: str
 
@@ -85,6 +88,7 @@ def make_cell(
     init: Callable[..., Params],
     initial_state: Callable[..., State],
     step_with_internals: Callable[[Params, State, jax.Array, int], tuple[State, jax.Array, Internals]],
+    output: Callable[[State], jax.Array] = lambda state: state,
 ) -> Cell:
     """Builds a `Cell` from a family's `step_with_internals(params, state, x, hidden_size)`.
 
@@ -99,5 +103,5 @@ def make_cell(
         state, y, _ = step_with_internals(params, state, x, hidden_size)
         return state, y
 
-    return Cell(init=init, initial_state=initial_state, step=step,
-                step_with_internals=step_with_internals_of_cell, hidden_size=hidden_size, name=name)
+    return Cell(init=init, initial_state=initial_state, step=step, step_with_internals=step_with_internals_of_cell,
+                output=output, hidden_size=hidden_size, name=name)

@@ -135,4 +135,5 @@ def lstm(hidden_size: int, forget_bias: float | None = None, init: str | InitSch
         zeros = jnp.zeros((*batch_shape, hidden_size), params.w_h.dtype)
         return LSTMState(h=zeros, c=zeros)
 
-    return make_cell("lstm", hidden_size, init_params, initial_state, lstm_step_with_internals)
+    return make_cell("lstm", hidden_size, init_params, initial_state, lstm_step_with_internals,
+                     output=lambda state: state.h)

@@ -3,7 +3,7 @@
 Equations, for input `x` and hidden state `h`:
 
     a  = x w_x + h w_h + b      pre-activation
-    h' = φ(a)                    φ = tanh (default) or relu; h' is also the output y
+    h' = φ(a)                    φ = tanh (default), relu or linear; h' is also the output y
 
 Back-propagating through T steps multiplies by `w_hᵀ · diag(φ'(a_t))` once per step, so the
 gradient reaching step 0 scales roughly like the T-th power of the recurrent weight: a scalar
@@ -21,7 +21,8 @@ from jax.typing import ArrayLike
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "tanh": jnp.tanh, "relu": jax.nn.relu, "linear": lambda a: a}
 
 
 class RNNParams(NamedTuple):
@@ -77,7 +78,8 @@ def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "de
 
     Args:
         hidden_size: `H`, the number of hidden units.
-        activation: `"tanh"` (default) or `"relu"`, as PyTorch's `nn.RNN(nonlinearity=...)`.
+        activation: `"tanh"` (default) or `"relu"`, as PyTorch's `nn.RNN(nonlinearity=...)`, or
+            `"linear"` (no nonlinearity: `∂h_T/∂h_0 = w_hᵀ^T` exactly, the textbook case).
         init: a preset name (`"default"`, `"pytorch"`, `"flax"`, `"keras"`) or an `lj.InitScheme`;
             the PyTorch preset's bias is the sum of two U(±1/sqrt(H)) draws (`b_ih + b_hh`).
 

@@ -80,15 +80,22 @@ def unroll_with_internals(
     return _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals=True)
 
 
-def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals):
+def prepare_unroll(cell: Cell, params: Params, xs: ArrayLike, state: State | None) -> tuple[jax.Array, State]:
+    """Checks `cell`, `xs` and `state` against each other; returns `xs` as an array and the
+    initial state, with unbatched `(H,)` leaves broadcast to the batch shape of `xs`."""
     if not isinstance(cell, Cell):
         raise ValueError(f"cell must be an lj.Cell (from lj.lstm, lj.gru, lj.rnn, ...), got {type(cell).__name__}")
     xs = jnp.asarray(xs)
     if xs.ndim < 2:
         raise ValueError(f"xs must have shape (T, *batch, input_size), got shape {tuple(xs.shape)}")
-    steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
-    init_state = _initial_state(cell, params, state, batch_shape)
+    init_state = _initial_state(cell, params, state, tuple(xs.shape[1:-1]))
     _check_step_fits(cell, params, init_state, xs)
+    return xs, init_state
+
+
+def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals):
+    xs, init_state = prepare_unroll(cell, params, xs, state)
+    steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     valid = _valid_steps(steps, batch_shape, lengths, mask)
     reset = _reset_before(steps, batch_shape, resets, reverse)
 
@@ -114,7 +121,6 @@ def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internal
 
 
 def _initial_state(cell: Cell, params: Params, state: State | None, batch_shape: tuple[int, ...]) -> State:
-    """The initial state, with unbatched `(H,)` leaves broadcast to the batch shape."""
     if state is None:
         return cell.initial_state(params, batch_shape)
     expected = jax.eval_shape(lambda p: cell.initial_state(p, batch_shape), params)

@@ -3,7 +3,9 @@
 import lstmjax as lj
 
 PUBLIC_API = {
-    "Bidirectional", "Cell", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
+    "Bidirectional", "Cell", "GateSaturation", "GradientNorms", "LogDecayFit", "StateSensitivity",
+    "distance_to_fraction", "fit_log_decay", "forget_gate_gain", "gate_saturation", "gradient_norms_over_time",
+    "state_sensitivity", "step_jacobians", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
     "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
     "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
 }

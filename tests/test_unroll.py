@@ -92,3 +92,10 @@ def test_lstm_internals_are_the_equations():
     assert_trees_all_close(internals.h, internals.o * jnp.tanh(internals.c), atol=1e-6)
     for gate in (internals.i, internals.f, internals.o):
         assert bool(jnp.all((gate > 0) & (gate < 1)))
+
+
+def test_output_is_a_function_of_the_state(cell):
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    state = random_state(cell, params, 2, (4,))
+    new_state, y = cell.step(params, state, random_inputs(1, (4, 3)))
+    assert_trees_all_close(cell.output(new_state), y, rtol=0, atol=0)

@@ -36,7 +36,7 @@ XS = jnp.ones((5, 2, 3))
     (lambda: lj.lstm(2.5), r"hidden_size must be a positive integer, got 2.5"),
     (lambda: CELL.init(jax.random.PRNGKey(0), 0), r"input_size must be a positive integer, got 0"),
     (lambda: lj.lstm(4, init="torch"), r"init must be one of \('default', 'pytorch', 'flax', 'keras'\).*got 'torch'"),
-    (lambda: lj.rnn(4, activation="sigmoid"), r"activation must be one of \('tanh', 'relu'\), got 'sigmoid'"),
+    (lambda: lj.rnn(4, activation="sigmoid"), r"activation must be one of \('tanh', 'relu', 'linear'\), got 'sigmoid'"),
     (lambda: lj.unroll_layers([CELL] * 2, lj.init_layers([CELL] * 2, jax.random.PRNGKey(0), 3), XS, dropout_rate=0.3),
      r"dropout_key is required when dropout_rate > 0"),
     (lambda: lj.unroll_layers([CELL], (PARAMS,), XS, dropout_rate=1.0, dropout_key=jax.random.PRNGKey(0)), r"dropout_rate must lie in \[0, 1\), got 1.0"),
