@@ -30,13 +30,18 @@ from lstmjax._initializers import preset as init_preset
 from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unroll_bidirectional, unroll_layers
 from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
 from lstmjax._rnn import RNNInternals, RNNParams, rnn
+from lstmjax._tasks import ADDING_BASELINE_MSE, ADDING_SOLVED_ERROR, Batch, adding_problem
 from lstmjax._unroll import unroll, unroll_with_internals
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADDING_BASELINE_MSE",
+    "ADDING_SOLVED_ERROR",
+    "Batch",
     "Bidirectional",
     "Cell",
+    "adding_problem",
     "GateSaturation",
     "GradientNorms",
     "LogDecayFit",
