@@ -31,6 +31,7 @@ from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unro
 from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
 from lstmjax._rnn import RNNInternals, RNNParams, rnn
 from lstmjax._tasks import ADDING_BASELINE_MSE, ADDING_SOLVED_ERROR, Batch, adding_problem
+from lstmjax._training import StepMetrics, TrainState, init_train_state, make_train_step
 from lstmjax._unroll import unroll, unroll_with_internals
 
 __version__ = "0.1.0"
@@ -62,11 +63,15 @@ __all__ = [
     "LSTMState",
     "RNNInternals",
     "RNNParams",
+    "StepMetrics",
+    "TrainState",
     "gru",
     "init_bidirectional",
     "init_layers",
     "init_preset",
+    "init_train_state",
     "lstm",
+    "make_train_step",
     "rnn",
     "unroll",
     "unroll_bidirectional",

@@ -5,7 +5,7 @@ import lstmjax as lj
 PUBLIC_API = {
     "ADDING_BASELINE_MSE", "ADDING_SOLVED_ERROR", "Batch", "adding_problem", "Bidirectional", "Cell", "GateSaturation", "GradientNorms", "LogDecayFit", "StateSensitivity",
     "distance_to_fraction", "fit_log_decay", "forget_gate_gain", "gate_saturation", "gradient_norms_over_time",
-    "state_sensitivity", "step_jacobians", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
+    "state_sensitivity", "step_jacobians", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
     "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
     "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
 }
