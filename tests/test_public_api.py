@@ -5,7 +5,11 @@ import lstmjax as lj
 PUBLIC_API = {
     "ADDING_BASELINE_MSE", "ADDING_SOLVED_ERROR", "Batch", "adding_problem", "Bidirectional", "Cell", "GateSaturation", "GradientNorms", "LogDecayFit", "StateSensitivity",
     "distance_to_fraction", "fit_log_decay", "forget_gate_gain", "gate_saturation", "gradient_norms_over_time",
-    "state_sensitivity", "step_jacobians", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
+    "state_sensitivity", "step_jacobians", "SequenceBatch", "copy_memory", "copy_memory_baseline", "temporal_order",
+    "statquest_companies", "TEMPORAL_ORDER_SYMBOLS", "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_BASELINE_ACCURACY",
+    "TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY", "TimeSeries", "Normalizer", "ForecastingTask", "STOCK_SYMBOLS",
+    "load_stock_prices", "load_seattle_temperatures", "align_series", "chronological_split", "make_windows",
+    "forecasting_task", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
     "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
     "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
 }
