@@ -57,6 +57,7 @@ from lstmjax._tasks import (
     statquest_companies,
     temporal_order,
 )
+from lstmjax._torch_interop import TorchModel, from_torch, from_torch_state, to_torch, to_torch_state
 from lstmjax._training import StepMetrics, TrainState, init_train_state, make_train_step
 from lstmjax._unroll import unroll, unroll_with_internals
 
@@ -91,6 +92,7 @@ __all__ = [
     "TEMPORAL_ORDER_CLASSES",
     "TEMPORAL_ORDER_SYMBOLS",
     "TimeSeries",
+    "TorchModel",
     "TrainState",
     "adding_problem",
     "align_series",
@@ -101,6 +103,8 @@ __all__ = [
     "fit_log_decay",
     "forecasting_task",
     "forget_gate_gain",
+    "from_torch",
+    "from_torch_state",
     "gate_saturation",
     "gradient_norms_over_time",
     "gru",
@@ -118,6 +122,8 @@ __all__ = [
     "statquest_companies",
     "step_jacobians",
     "temporal_order",
+    "to_torch",
+    "to_torch_state",
     "unroll",
     "unroll_bidirectional",
     "unroll_layers",
