@@ -10,6 +10,13 @@ over time with `lax.scan` and shared weights. Everything composes with `jit`, `v
 """
 
 from lstmjax._cell import Cell
+from lstmjax._checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    Checkpoints,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from lstmjax._diagnostics import (
     GateSaturation,
     GradientNorms,
@@ -23,12 +30,14 @@ from lstmjax._diagnostics import (
     state_sensitivity,
     step_jacobians,
 )
+from lstmjax._fit import EarlyStopping, batches_from_key, fit
 from lstmjax._gru import GRUInternals, GRUParams, gru
 from lstmjax._initializers import PRESETS as INIT_PRESETS
 from lstmjax._initializers import InitScheme
 from lstmjax._initializers import preset as init_preset
 from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unroll_bidirectional, unroll_layers
 from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
+from lstmjax._parallel import batch_sharding, data_parallel_mesh, replicate, shard_batch
 from lstmjax._rnn import RNNInternals, RNNParams, rnn
 from lstmjax._series import (
     STOCK_SYMBOLS,
@@ -69,6 +78,10 @@ __all__ = [
     "Batch",
     "Bidirectional",
     "Cell",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "Checkpoints",
+    "EarlyStopping",
     "ForecastingTask",
     "GRUInternals",
     "GRUParams",
@@ -96,10 +109,14 @@ __all__ = [
     "TrainState",
     "adding_problem",
     "align_series",
+    "batch_sharding",
+    "batches_from_key",
     "chronological_split",
     "copy_memory",
     "copy_memory_baseline",
+    "data_parallel_mesh",
     "distance_to_fraction",
+    "fit",
     "fit_log_decay",
     "forecasting_task",
     "forget_gate_gain",
@@ -117,7 +134,11 @@ __all__ = [
     "lstm",
     "make_train_step",
     "make_windows",
+    "replicate",
+    "restore_checkpoint",
     "rnn",
+    "save_checkpoint",
+    "shard_batch",
     "state_sensitivity",
     "statquest_companies",
     "step_jacobians",

@@ -9,7 +9,9 @@ PUBLIC_API = {
     "statquest_companies", "TEMPORAL_ORDER_SYMBOLS", "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_BASELINE_ACCURACY",
     "TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY", "TimeSeries", "Normalizer", "ForecastingTask", "STOCK_SYMBOLS",
     "load_stock_prices", "load_seattle_temperatures", "align_series", "chronological_split", "make_windows",
-    "forecasting_task", "TorchModel", "from_torch", "from_torch_state", "to_torch", "to_torch_state", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
+    "forecasting_task", "CheckpointError", "CheckpointNotFoundError", "Checkpoints", "restore_checkpoint",
+    "save_checkpoint", "EarlyStopping", "batches_from_key", "fit", "batch_sharding", "data_parallel_mesh", "replicate",
+    "shard_batch", "TorchModel", "from_torch", "from_torch_state", "to_torch", "to_torch_state", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
     "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
     "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
 }
