@@ -35,7 +35,8 @@ import pathlib
 import re
 import types
 import typing
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 Config = TypeVar("Config")
 

@@ -16,7 +16,8 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 import numpy as np
 
@@ -91,7 +92,7 @@ def make_run_dir(root: PathLike, name: str, run: str | None = None, overwrite: b
     parent = pathlib.Path(root) / name
     parent.mkdir(parents=True, exist_ok=True)
     if run is None:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
             try:
                 (parent / f"{stamp}{suffix}").mkdir()

@@ -8,7 +8,7 @@ never touches pyplot's global state and a run can be re-plotted without recomput
 from __future__ import annotations
 
 import pathlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 

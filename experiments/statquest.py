@@ -22,7 +22,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +151,7 @@ def squared_error(params: lj.LSTMParams, xs: jax.Array, target: jax.Array) -> ja
     return (ys[-1, 0] - target) ** 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chunk_runner(learning_rate: float):
     """A jitted `(carry, epochs) -> (carry, losses (epochs, 2))` running whole epochs in `lax.scan`."""
     optimizer = optax.adam(learning_rate)

@@ -6,7 +6,8 @@ nothing holds state, so `jit`, `vmap`, `grad` and `lax.scan` compose with every 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,8 @@ for every cell family, is jittable, and is vmappable over a batch of sequences.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

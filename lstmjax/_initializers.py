@@ -3,12 +3,12 @@
 A vanishing-gradient comparison depends on the initialisation, so it is chosen by name at the
 cell factory (`lj.lstm(64, init="pytorch")`) and can be stated in a report. The presets:
 
-| name      | input kernel `w_x`   | recurrent kernel `w_h`        | bias `b`                         | LSTM forget bias |
-|-----------|----------------------|-------------------------------|----------------------------------|------------------|
-| `default` | lecun normal         | orthogonal, per gate block    | zeros                            | 1.0              |
-| `pytorch` | U(±1/sqrt(H))        | U(±1/sqrt(H))                 | sum of two U(±1/sqrt(H)) draws   | none             |
-| `flax`    | lecun normal         | orthogonal, per gate block    | zeros                            | none             |
-| `keras`   | glorot uniform       | orthogonal, whole `(H, k·H)`  | zeros                            | 1.0              |
+| name      | input `w_x`     | recurrent `w_h`              | bias `b`                      | forget bias |
+|-----------|-----------------|------------------------------|-------------------------------|-------------|
+| `default` | lecun normal    | orthogonal, per gate block   | zeros                         | 1.0         |
+| `pytorch` | U(±1/sqrt(H))   | U(±1/sqrt(H))                | sum of two U(±1/sqrt(H))      | none        |
+| `flax`    | lecun normal    | orthogonal, per gate block   | zeros                         | none        |
+| `keras`   | glorot uniform  | orthogonal, whole `(H, k·H)` | zeros                         | 1.0         |
 
 PyTorch keeps two biases (`b_ih`, `b_hh`), each U(±1/sqrt(H)); a single bias `b` with the same
 distribution as their sum (which is what a converted PyTorch model holds) is the sum of two
@@ -19,7 +19,8 @@ block; Keras draws one orthogonal `(H, 4H)` matrix.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,8 @@ PyTorch's `nn.LSTM(num_layers=..., bidirectional=..., dropout=...)`, and accept 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

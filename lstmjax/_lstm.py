@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from lstmjax._cell import Cell, check_input, make_cell, check_param_shapes, check_positive_int, check_state_leaf
+from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 
 

@@ -12,7 +12,8 @@ weight of 2 over 50 steps gives 2^50, a weight of 0.5 gives 0.5^50.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,8 @@ trains several independent models (seeds, hyperparameters) in one compiled progr
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

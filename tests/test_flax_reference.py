@@ -64,7 +64,8 @@ def test_equals_flax_nn_rnn(family, reverse, with_lengths):
     final, ys = lj.unroll(cell, params, xs, lengths=lengths, reverse=reverse)
 
     flax_rnn = nn.RNN(make_flax_cell(), time_major=True, reverse=reverse, keep_order=True, return_carry=True)
-    carry, flax_ys = flax_rnn.apply({"params": {"cell": to_flax(params)["params"]}}, xs, seq_lengths=None if lengths is None else jnp.asarray(lengths))
+    seq_lengths = None if lengths is None else jnp.asarray(lengths)
+    carry, flax_ys = flax_rnn.apply({"params": {"cell": to_flax(params)["params"]}}, xs, seq_lengths=seq_lengths)
     valid = (np.arange(STEPS)[:, None] < (LENGTHS if with_lengths else STEPS))[..., None]
     assert_trees_all_close(ys * valid, flax_ys * valid, atol=1e-5)
     assert_trees_all_close(final, carry_to_state(carry), atol=1e-5)

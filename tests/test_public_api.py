@@ -3,17 +3,20 @@
 import lstmjax as lj
 
 PUBLIC_API = {
-    "ADDING_BASELINE_MSE", "ADDING_SOLVED_ERROR", "Batch", "adding_problem", "Bidirectional", "Cell", "GateSaturation", "GradientNorms", "LogDecayFit", "StateSensitivity",
-    "distance_to_fraction", "fit_log_decay", "forget_gate_gain", "gate_saturation", "gradient_norms_over_time",
-    "state_sensitivity", "step_jacobians", "SequenceBatch", "copy_memory", "copy_memory_baseline", "temporal_order",
-    "statquest_companies", "TEMPORAL_ORDER_SYMBOLS", "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_BASELINE_ACCURACY",
-    "TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY", "TimeSeries", "Normalizer", "ForecastingTask", "STOCK_SYMBOLS",
-    "load_stock_prices", "load_seattle_temperatures", "align_series", "chronological_split", "make_windows",
-    "forecasting_task", "CheckpointError", "CheckpointNotFoundError", "Checkpoints", "restore_checkpoint",
-    "save_checkpoint", "EarlyStopping", "batches_from_key", "fit", "batch_sharding", "data_parallel_mesh", "replicate",
-    "shard_batch", "TorchModel", "from_torch", "from_torch_state", "to_torch", "to_torch_state", "StepMetrics", "TrainState", "init_train_state", "make_train_step", "GRUInternals", "GRUParams", "INIT_PRESETS", "InitScheme", "LSTMInternals",
-    "LSTMParams", "LSTMState", "RNNInternals", "RNNParams", "gru", "init_bidirectional", "init_layers",
-    "init_preset", "lstm", "rnn", "unroll", "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
+    "ADDING_BASELINE_MSE", "ADDING_SOLVED_ERROR", "Batch", "Bidirectional", "Cell", "CheckpointError",
+    "CheckpointNotFoundError", "Checkpoints", "EarlyStopping", "ForecastingTask", "GRUInternals", "GRUParams",
+    "GateSaturation", "GradientNorms", "INIT_PRESETS", "InitScheme", "LSTMInternals", "LSTMParams", "LSTMState",
+    "LogDecayFit", "Normalizer", "RNNInternals", "RNNParams", "STOCK_SYMBOLS", "SequenceBatch", "StateSensitivity",
+    "StepMetrics", "TEMPORAL_ORDER_BASELINE_ACCURACY", "TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY",
+    "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_SYMBOLS", "TimeSeries", "TorchModel", "TrainState", "adding_problem",
+    "align_series", "batch_sharding", "batches_from_key", "chronological_split", "copy_memory",
+    "copy_memory_baseline", "data_parallel_mesh", "distance_to_fraction", "fit", "fit_log_decay",
+    "forecasting_task", "forget_gate_gain", "from_torch", "from_torch_state", "gate_saturation",
+    "gradient_norms_over_time", "gru", "init_bidirectional", "init_layers", "init_preset", "init_train_state",
+    "load_seattle_temperatures", "load_stock_prices", "lstm", "make_train_step", "make_windows", "replicate",
+    "restore_checkpoint", "rnn", "save_checkpoint", "shard_batch", "state_sensitivity", "statquest_companies",
+    "step_jacobians", "temporal_order", "to_torch", "to_torch_state", "unroll", "unroll_bidirectional",
+    "unroll_layers", "unroll_with_internals",
 }
 
 

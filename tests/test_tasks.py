@@ -1,7 +1,6 @@
 """Task generators have the statistics their definitions state."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import lstmjax as lj
 from helpers import assert_trees_all_close
 
+import lstmjax as lj
+
 torch = pytest.importorskip("torch", reason="PyTorch reference tests need torch (pip install torch==2.13.0)")
+import torch_weights  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
-
-import torch_weights  # noqa: E402
 
 INPUT_SIZE = 4
 HIDDEN = 5
@@ -340,7 +339,7 @@ TORCH_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 CONVERTERS = {"lstm": torch_weights.lstm_params, "gru": torch_weights.gru_params, "rnn": torch_weights.rnn_params}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pytorch_preset_draws(name: str, count: int = 1000):
     """`count` independent draws of `init="pytorch"` params of cell `name`, stacked along a
     leading axis (cached: two tests read them)."""

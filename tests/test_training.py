@@ -14,7 +14,8 @@ CELL = lj.lstm(16)
 
 def _model_params(key):
     key_cell, key_readout = jax.random.split(key)
-    return {"cell": CELL.init(key_cell, 2), "readout": jax.random.normal(key_readout, (16,)) * 0.1, "bias": jnp.zeros(())}
+    readout = jax.random.normal(key_readout, (16,)) * 0.1
+    return {"cell": CELL.init(key_cell, 2), "readout": readout, "bias": jnp.zeros(())}
 
 
 def _mse(params, batch, key):
