@@ -1,0 +1,390 @@
+"""Long-range memory: vanilla tanh RNN vs LSTM vs GRU on the adding, copy and temporal-order tasks.
+
+    python -m experiments.long_range            # adding + copy, T = 50, 100, 200, 2 seeds: 1.5-4 min, 2-core CPU
+    python -m experiments.long_range --tasks adding copy temporal_order --lengths 100 200 400 --seeds 3
+    python -m experiments.long_range --help
+
+For every task, sequence length T, cell and seed, a model (the cell, then a linear readout of
+its outputs) is trained from scratch with Adam after `optax.clip_by_global_norm`, on a fresh
+batch every step, and scored on a fixed test batch against the task's memoryless baseline, the
+score of a model that remembers nothing (`lj.ADDING_BASELINE_MSE`, `lj.copy_memory_baseline(T)`,
+`lj.TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY`):
+
+* `adding` (`lj.adding_problem`, Arjovsky et al.'s form): readout of the last output, test MSE
+  (baseline 1/6).
+* `copy` (`lj.copy_memory`, 10 symbols from 8, `T` steps between the last symbol and the first
+  recall step, `T + 20` steps in all): a 10-class softmax readout at every step, test
+  cross-entropy per step averaged over all `T + 20` steps (baseline `10·ln 8 / (T + 20)`); also
+  the accuracy on the 10 recall steps (chance 1/8).
+* `temporal_order` (`lj.temporal_order`, Hochreiter & Schmidhuber's task 6a, lengths T..T+T/10,
+  the relevant symbols at positions 10-20 and 50-60): a 4-class softmax readout of the last real
+  output (`lengths`), test cross-entropy (baseline ln 4); also the accuracy (chance 1/4).
+
+A seed "beats the baseline" when its test metric is below `BEATS_BASELINE` (0.9) times the
+baseline. All lengths and seeds of one (task, cell) train together (`jax.vmap` over stacked
+`lj.TrainState`s, the steps in `lax.scan`; shorter sequences are zero-padded and unrolled with
+their `lengths`, see `train`): one compiled program per (task, cell), each model paying for the
+longest T.
+
+Seed `s` splits `PRNGKey(s)` in three: the weights (`init_model`), the `TrainState` key and the
+training batches; the test batch of (task, T) is drawn from `fold_in(PRNGKey(TEST_KEY), T)`
+(`test_batch`), the same for every cell and seed. Layout of `metrics.json` (lists are per seed):
+
+    cells, cell_descriptions, tasks, lengths, seeds, hidden_size, init, train_steps, batch_size,
+    test_size, learning_rate, clip_norm, metric_names, definitions
+    baselines[task][str(T)]: the memoryless value of the task's test metric
+    runs[task][str(T)][cell]: loss [seed][step], grad_norm [seed][step], test_metric_init [seed],
+        test_metric [seed], and for copy / temporal_order test_accuracy [seed]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from tqdm import tqdm
+
+import lstmjax as lj
+from experiments import _long_range_report as report
+from experiments._config_cli import parse_config
+from experiments._results import make_run_dir, write_json_atomic
+
+NAME = "long_range"
+
+CELLS = {"rnn": "vanilla RNN, tanh", "lstm": "LSTM, forget bias 1", "gru": "GRU"}
+"""The cells this experiment knows: name -> description used in tables and plots."""
+
+TASKS = ("adding", "copy", "temporal_order")
+
+METRIC_NAMES = {"adding": "test MSE", "copy": "test cross-entropy per step", "temporal_order": "test cross-entropy"}
+
+OUTPUT_SIZES = {"adding": 1, "copy": 10, "temporal_order": len(lj.TEMPORAL_ORDER_CLASSES)}
+INPUT_SIZES = {"adding": 2, "copy": 10, "temporal_order": len(lj.TEMPORAL_ORDER_SYMBOLS)}
+
+TEMPORAL_ORDER_MIN_LENGTH = 61
+"""`lj.temporal_order` needs sequences of at least 61 steps (the trigger follows position 60)."""
+
+TEST_KEY = 30_000
+"""The test batch of (task, T) is drawn from `fold_in(PRNGKey(TEST_KEY), T)`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LongRangeConfig:
+    """Long-range memory: tanh RNN vs LSTM vs GRU on adding / copy / temporal order, against the memoryless baseline.
+
+    Attributes:
+        tasks: tasks to run, any of adding, copy, temporal_order.
+        cells: cells to compare, any of rnn (tanh), lstm (forget bias 1), gru.
+        lengths: sequence lengths T (copy: T + 20 steps in all; temporal_order: T..T+T//10, T >= 61).
+        seeds: number of seeds (0, 1, ..., seeds-1); each draws its own weights and training data.
+        hidden_size: units per cell.
+        train_steps: Adam steps, a fresh batch each.
+        batch_size: sequences per training step.
+        test_size: sequences in the fixed test batch of each (task, T).
+        learning_rate: Adam's learning rate.
+        clip_norm: gradients are clipped to this global norm before Adam (optax.clip_by_global_norm).
+        init: lstmjax initialisation preset of every cell.
+        results_dir: root folder; the run is written to <results_dir>/long_range/<run>/.
+        run: name of the run's folder; default: the UTC time the run starts.
+        overwrite: replace an existing run folder of the same name instead of refusing.
+        progress: show a progress bar over the (task, cell) programs (only when stderr is a terminal).
+    """
+
+    tasks: tuple[str, ...] = ("adding", "copy")
+    cells: tuple[str, ...] = tuple(CELLS)
+    lengths: tuple[int, ...] = (50, 100, 200)
+    seeds: int = 2
+    hidden_size: int = 32
+    train_steps: int = 300
+    batch_size: int = 32
+    test_size: int = 512
+    learning_rate: float = 0.01
+    clip_norm: float = 1.0
+    init: Literal["default", "pytorch", "flax", "keras"] = "default"
+    results_dir: str = "results"
+    run: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("tasks", "cells", "lengths"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("seeds", "hidden_size", "train_steps", "batch_size", "test_size"):
+            _check_int(name, getattr(self, name), 1)
+        for name, known in (("tasks", TASKS), ("cells", tuple(CELLS))):
+            values = getattr(self, name)
+            if not values:
+                raise ValueError(f"{name} must name at least one of {known}")
+            for value in values:
+                if value not in known:
+                    raise ValueError(f"{name} must be among {known}, got {value!r}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat, got {values}")
+        if not self.lengths:
+            raise ValueError("lengths must hold at least one sequence length")
+        for length in self.lengths:
+            _check_int("every length", length, 2)
+        if list(self.lengths) != sorted(set(self.lengths)):
+            raise ValueError(f"lengths must be strictly increasing, got {self.lengths}")
+        if "temporal_order" in self.tasks and self.lengths[0] < TEMPORAL_ORDER_MIN_LENGTH:
+            raise ValueError(f"temporal_order needs every length >= {TEMPORAL_ORDER_MIN_LENGTH} (its relevant "
+                             f"symbols sit at positions 10-20 and 50-60), got {self.lengths}; "
+                             "pass e.g. --lengths 100 200 400")
+        for name in ("learning_rate", "clip_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if self.init not in lj.INIT_PRESETS:
+            raise ValueError(f"init must be one of {lj.INIT_PRESETS}, got {self.init!r}")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# Tasks, models, losses ---------------------------------------------------------------------------
+
+def baseline(task: str, length: int) -> float:
+    """The memoryless value of `task`'s test metric at sequence length `length`."""
+    if task == "adding":
+        return lj.ADDING_BASELINE_MSE
+    if task == "copy":
+        return lj.copy_memory_baseline(length)
+    if task == "temporal_order":
+        return lj.TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def make_batch(task: str, key: jax.Array, batch_size: int, length: int):
+    """A batch of `task` at sequence length `length` (jittable; sizes static)."""
+    if task == "adding":
+        return lj.adding_problem(key, batch_size, length)
+    if task == "copy":
+        return lj.copy_memory(key, batch_size, length)
+    if task == "temporal_order":
+        return lj.temporal_order(key, batch_size, min_length=length, max_length=length + length // 10)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def test_batch(task: str, length: int, size: int):
+    """The fixed test batch of (task, T), shared by every cell and seed."""
+    return make_batch(task, jax.random.fold_in(jax.random.PRNGKey(TEST_KEY), length), size, length)
+
+
+def make_cell(name: str, hidden_size: int, init: str) -> lj.Cell:
+    """The cell called `name` (a key of `CELLS`)."""
+    if name == "rnn":
+        return lj.rnn(hidden_size, activation="tanh", init=init)
+    if name == "lstm":
+        return lj.lstm(hidden_size, forget_bias=1.0, init=init)
+    if name == "gru":
+        return lj.gru(hidden_size, init=init)
+    raise ValueError(f"cell must be one of {tuple(CELLS)}, got {name!r}")
+
+
+def init_model(cell: lj.Cell, task: str, seed) -> dict:
+    """`{"cell": params, "readout": (H, K) ~ N(0, 1/H), "bias": (K,) zeros}` from the first of the three
+    keys split from `PRNGKey(seed)`; K = 1 (adding), 10 (copy), 4 (temporal_order)."""
+    key_cell, key_readout = jax.random.split(jax.random.split(jax.random.PRNGKey(seed), 3)[0])
+    k = OUTPUT_SIZES[task]
+    return {"cell": cell.init(key_cell, INPUT_SIZES[task]),
+            "readout": jax.random.normal(key_readout, (cell.hidden_size, k), jnp.float32) / math.sqrt(cell.hidden_size),
+            "bias": jnp.zeros((k,), jnp.float32)}
+
+
+def predict(cell: lj.Cell, task: str, model: dict, batch) -> jax.Array:
+    """The readout: adding `(batch,)` from the last output; copy logits `(T + 20, batch, 10)` at every step;
+    temporal_order logits `(batch, 4)` from the last real output of each sequence."""
+    if task == "temporal_order":
+        _, ys = lj.unroll(cell, model["cell"], batch.xs, lengths=batch.lengths)
+        last = ys[batch.lengths - 1, jnp.arange(ys.shape[1])]
+        return last @ model["readout"] + model["bias"]
+    _, ys = lj.unroll(cell, model["cell"], batch.xs)
+    if task == "adding":
+        return ys[-1] @ model["readout"][:, 0] + model["bias"][0]
+    return ys @ model["readout"] + model["bias"]
+
+
+def evaluate(cell: lj.Cell, task: str, model: dict, batch) -> tuple[jax.Array, jax.Array]:
+    """`(metric, accuracy)` of one model on one batch; the metric is the training loss (MSE or
+    mean cross-entropy), the accuracy is NaN for adding and over the recall steps for copy."""
+    out = predict(cell, task, model, batch)
+    if task == "adding":
+        return jnp.mean((out - batch.targets) ** 2), jnp.asarray(jnp.nan, jnp.float32)
+    cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, batch.targets))
+    correct = jnp.argmax(out, axis=-1) == batch.targets
+    if task == "copy":
+        correct = correct[-10:]
+    return cross_entropy, jnp.mean(correct.astype(jnp.float32))
+
+
+def padded_length(task: str, length: int) -> int:
+    """The number of steps of `task`'s longest sequence at length `length`."""
+    return {"adding": length, "copy": length + 20, "temporal_order": length + length // 10}[task]
+
+
+def padded_batch(task: str, key: jax.Array, batch_size: int, length: int, max_length: int) -> dict:
+    """A batch of `task` at length `length`, zero-padded at the end to the steps of length `max_length`.
+
+    Returns `{"xs": (P, batch, features), "targets", "lengths": (batch,), "valid": (P,), "recall": (P,)}`,
+    `P = padded_length(task, max_length)`: `lengths` are the real lengths (for `lj.unroll`), `valid`
+    marks the real steps of the copy task (whose loss averages over them), `recall` its last 10 real
+    steps. The real steps are exactly `make_batch(task, key, batch_size, length)`.
+    """
+    batch = make_batch(task, key, batch_size, length)
+    steps, padded = batch.xs.shape[0], padded_length(task, max_length)
+    pad = lambda a: jnp.pad(a, [(0, padded - steps)] + [(0, 0)] * (a.ndim - 1))  # noqa: E731
+    real = (jnp.arange(padded) < steps).astype(jnp.float32)
+    lengths = batch.lengths if task == "temporal_order" else jnp.full((batch_size,), steps, jnp.int32)
+    targets = pad(batch.targets) if task == "copy" else batch.targets
+    recall = real * (jnp.arange(padded) >= steps - 10)
+    return {"xs": pad(batch.xs), "targets": targets, "lengths": lengths, "valid": real, "recall": recall}
+
+
+def padded_evaluate(cell: lj.Cell, task: str, model: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """`evaluate` on a `padded_batch`: the same numbers as on the unpadded batch (up to rounding)."""
+    _, ys = lj.unroll(cell, model["cell"], batch["xs"], lengths=batch["lengths"])
+    if task == "copy":
+        logits = ys @ model["readout"] + model["bias"]
+        per_step = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # (P, batch)
+        cross_entropy = jnp.sum(per_step * batch["valid"][:, None]) / (jnp.sum(batch["valid"]) * ys.shape[1])
+        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) * batch["recall"][:, None]
+        return cross_entropy, jnp.sum(correct) / (jnp.sum(batch["recall"]) * ys.shape[1])
+    last = ys[batch["lengths"] - 1, jnp.arange(ys.shape[1])]
+    if task == "adding":
+        return jnp.mean((last @ model["readout"][:, 0] + model["bias"][0] - batch["targets"]) ** 2), \
+            jnp.asarray(jnp.nan, jnp.float32)
+    logits = last @ model["readout"] + model["bias"]
+    return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])),
+            jnp.mean((jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)))
+
+
+def train(task: str, lengths: Sequence[int], cell: lj.Cell, seeds: Sequence[int], config: LongRangeConfig) -> dict:
+    """Trains one model per (length, seed) on `task`, all in one compiled program.
+
+    Every length's sequences are zero-padded to the longest's steps and unrolled with their
+    `lengths` (`padded_batch`), so that the models of all lengths and seeds train side by side
+    (`jax.vmap` over lengths and seeds, steps in `lax.scan`) and compile once per (task, cell);
+    the padding changes nothing but the cost (each model pays for the longest length).
+    Seed `s` starts from the same weights at every length.
+
+    Returns NumPy arrays with leading axes `(lengths, seeds)`: `params` (the trained models), `loss`,
+    `grad_norm` `(lengths, seeds, train_steps)`, `test_metric_init`, `test_metric`, `test_accuracy`.
+    """
+    lengths = tuple(lengths)
+    longest = max(lengths)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.learning_rate))
+    step = lj.make_train_step(lambda model, batch, key: padded_evaluate(cell, task, model, batch)[0], optimizer)
+    stack = lambda trees: jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
+    tests = stack([padded_batch(task, jax.random.fold_in(jax.random.PRNGKey(TEST_KEY), t), config.test_size, t,
+                                longest) for t in lengths])
+    over_grid = lambda f: jax.vmap(jax.vmap(f))  # noqa: E731  (lengths, seeds)
+
+    @jax.jit
+    def run(seeds, tests):
+        one_set = jax.vmap(lambda s: init_model(cell, task, s))(seeds)
+        models = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(lengths), *a.shape)), one_set)
+        keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s), 3)[1:])(seeds)  # (S, 2, key)
+        states = jax.vmap(lambda m: jax.vmap(lambda m, k: lj.init_train_state(m, optimizer, k))(m, keys[:, 0]))(models)
+        data_keys = jax.vmap(lambda k: jax.random.split(k, config.train_steps))(keys[:, 1])  # (S, steps)
+
+        def body(states, step_keys):  # step_keys: (S, key)
+            batches = stack([jax.vmap(lambda k, t=t: padded_batch(task, k, config.batch_size, t, longest))(step_keys)
+                             for t in lengths])
+            return over_grid(step)(states, batches)
+
+        states, metrics = lax.scan(body, states, jnp.swapaxes(data_keys, 0, 1))
+        scores = jax.vmap(lambda ms, test: jax.vmap(lambda m: padded_evaluate(cell, task, m, test))(ms))
+        init_metric, _ = scores(models, tests)
+        test_metric, test_accuracy = scores(states.params, tests)
+        move = lambda a: jnp.moveaxis(a, 0, -1)  # noqa: E731  (steps, L, S) -> (L, S, steps)
+        return {"params": states.params, "loss": move(metrics.loss), "grad_norm": move(metrics.grad_norm),
+                "test_metric_init": init_metric, "test_metric": test_metric, "test_accuracy": test_accuracy}
+
+    return jax.device_get(run(jnp.asarray(seeds), tests))
+
+
+# The experiment ------------------------------------------------------------------------------
+
+def run_experiment(config: LongRangeConfig, keep_params: bool = False) -> dict:
+    """Trains every (task, T, cell) for all seeds; returns the contents of `metrics.json`.
+
+    With `keep_params`, the trained parameters are returned too, under the key `"params"`
+    (`params[task][str(T)][cell]`, stacked over seeds); they are not written to metrics.json.
+    """
+    seeds = list(range(config.seeds))
+    show = config.progress and sys.stderr.isatty()
+    runs, baselines, params = {}, {}, {}
+    total = len(config.tasks) * len(config.cells)
+    with tqdm(total=total, unit="model set", desc="long range", disable=not show) as bar:
+        for task in config.tasks:
+            runs[task] = {str(t): {} for t in config.lengths}
+            params[task] = {str(t): {} for t in config.lengths}
+            baselines[task] = {str(t): baseline(task, t) for t in config.lengths}
+            for name in config.cells:
+                bar.set_postfix_str(f"{task}, {name}")
+                result = train(task, config.lengths, make_cell(name, config.hidden_size, config.init), seeds, config)
+                for i, length in enumerate(config.lengths):
+                    params[task][str(length)][name] = jax.tree_util.tree_map(lambda a, i=i: a[i], result["params"])
+                    record = {key: np.asarray(value[i]).tolist() for key, value in result.items() if key != "params"}
+                    if task == "adding":
+                        del record["test_accuracy"]
+                    runs[task][str(length)][name] = record
+                bar.update()
+    metrics = {
+        "definitions": report.DEFINITIONS,
+        "tasks": list(config.tasks),
+        "cells": list(config.cells),
+        "cell_descriptions": {name: CELLS[name] for name in config.cells},
+        "lengths": list(config.lengths),
+        "seeds": seeds,
+        "hidden_size": config.hidden_size,
+        "init": config.init,
+        "train_steps": config.train_steps,
+        "batch_size": config.batch_size,
+        "test_size": config.test_size,
+        "learning_rate": config.learning_rate,
+        "clip_norm": config.clip_norm,
+        "metric_names": {task: METRIC_NAMES[task] for task in config.tasks},
+        "beats_baseline_fraction": report.BEATS_BASELINE,
+        "baselines": baselines,
+        "runs": runs,
+    }
+    if keep_params:
+        metrics["params"] = params
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+    """Runs the experiment from command-line arguments; returns the run's folder."""
+    config = parse_config(LongRangeConfig, argv, prog="python -m experiments.long_range")
+    run_dir = make_run_dir(config.results_dir, NAME, config.run, config.overwrite)
+    config = dataclasses.replace(config, run=run_dir.name)
+    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+    start = time.perf_counter()
+    metrics = run_experiment(config)
+    seconds = time.perf_counter() - start
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    summary = report.summary(metrics)
+    summary["seconds_including_compilation"] = round(seconds, 2)
+    write_json_atomic(run_dir / "summary.json", summary)
+    print(report.table(summary))
+    plots = report.plot(run_dir)
+    print(f"\nTrained {len(summary['rows'])} (task, T, cell) model sets in {seconds:.1f} s, compilation included.")
+    print(f"Wrote {run_dir}/: config.json, metrics.json, summary.json, {', '.join(p.name for p in plots)}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
