@@ -16,7 +16,8 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -157,3 +158,55 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "__array__") and hasattr(value, "shape"):  # NumPy and JAX arrays
         return np.asarray(value).tolist()
     raise TypeError(f"cannot write an object of type {type(value).__name__} as JSON")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedRun:
+    """What `record_run` wrote.
+
+    Attributes:
+        run_dir: the run's folder.
+        config: the config as written to `config.json` (its `run` field set to the folder's name).
+        metrics: what `compute` returned, as written to `metrics.json`.
+        summary: what `summarize` returned plus `seconds_including_compilation`, as in `summary.json`.
+        seconds: wall-clock time of `compute`, compilation included.
+    """
+
+    run_dir: pathlib.Path
+    config: Any
+    metrics: Any
+    summary: dict[str, Any]
+    seconds: float
+
+
+def record_run(
+    config: Any, name: str, compute: Callable[[Any], Any], summarize: Callable[[Any], dict[str, Any]]
+) -> RecordedRun:
+    """The life of one experiment run: its folder, `config.json`, the timed computation,
+    `metrics.json` and `summary.json`, each written atomically as soon as it exists.
+
+    Args:
+        config: a frozen config dataclass with `results_dir`, `run` and `overwrite` fields.
+        name: the experiment's name, the folder under `results_dir`.
+        compute: `compute(config) -> metrics`, the experiment itself.
+        summarize: `summarize(metrics) -> summary`, a dict.
+
+    Returns:
+        A `RecordedRun`; plotting and printing are left to the experiment.
+    """
+    run_dir = make_run_dir(config.results_dir, name, config.run, config.overwrite)
+    config = dataclasses.replace(config, run=run_dir.name)
+    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+    start = time.perf_counter()
+    metrics = compute(config)
+    seconds = time.perf_counter() - start
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    summary = summarize(metrics)
+    summary["seconds_including_compilation"] = round(seconds, 2)
+    write_json_atomic(run_dir / "summary.json", summary)
+    return RecordedRun(run_dir=run_dir, config=config, metrics=metrics, summary=summary, seconds=seconds)
+
+
+def written_files_line(run_dir: pathlib.Path, plots: Sequence[pathlib.Path] = ()) -> str:
+    """`Wrote <run_dir>/: config.json, metrics.json, summary.json, <plots>`."""
+    return f"Wrote {run_dir}/: " + ", ".join(["config.json", "metrics.json", "summary.json", *(p.name for p in plots)])

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import lstmjax as lj
 from experiments._config_cli import parse_config
-from experiments._results import make_run_dir, write_json_atomic
+from experiments._results import record_run, written_files_line
 
 NAME = "seeds_benchmark"
 
@@ -251,20 +251,11 @@ def lines(s: dict, config: SeedsBenchmarkConfig) -> str:
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Runs the benchmark from command-line arguments; returns the run's folder."""
     config = parse_config(SeedsBenchmarkConfig, argv, prog="python -m experiments.seeds_benchmark")
-    run_dir = make_run_dir(config.results_dir, NAME, config.run, config.overwrite)
-    config = dataclasses.replace(config, run=run_dir.name)
-    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
-    start = time.perf_counter()
-    metrics = run_benchmark(config)
-    seconds = time.perf_counter() - start
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    s = summary(metrics)
-    s["seconds_including_compilation"] = round(seconds, 2)
-    write_json_atomic(run_dir / "summary.json", s)
-    print(lines(s, config))
-    print(f"\nBenchmarked in {seconds:.1f} s, compilation included.")
-    print(f"Wrote {run_dir}/: config.json, metrics.json, summary.json")
-    return run_dir
+    run = record_run(config, NAME, run_benchmark, summary)
+    print(lines(run.summary, run.config))
+    print(f"\nBenchmarked in {run.seconds:.1f} s, compilation included.")
+    print(written_files_line(run.run_dir))
+    return run.run_dir
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ import dataclasses
 import math
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -65,7 +64,7 @@ from tqdm import tqdm
 import lstmjax as lj
 from experiments import _stocks_report as report
 from experiments._config_cli import parse_config
-from experiments._results import make_run_dir, write_json_atomic
+from experiments._results import record_run, written_files_line
 
 NAME = "stocks"
 
@@ -302,21 +301,12 @@ def run_experiment(config: StocksConfig) -> dict:
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Runs the experiment from command-line arguments; returns the run's folder."""
     config = parse_config(StocksConfig, argv, prog="python -m experiments.stocks")
-    run_dir = make_run_dir(config.results_dir, NAME, config.run, config.overwrite)
-    config = dataclasses.replace(config, run=run_dir.name)
-    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
-    start = time.perf_counter()
-    metrics = run_experiment(config)
-    seconds = time.perf_counter() - start
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    summary = report.summary(metrics)
-    summary["seconds_including_compilation"] = round(seconds, 2)
-    write_json_atomic(run_dir / "summary.json", summary)
-    print(report.table(summary))
-    plots = report.plot(run_dir)
-    print(f"\nTrained and tested in {seconds:.1f} s, compilation included.")
-    print(f"Wrote {run_dir}/: config.json, metrics.json, summary.json, {', '.join(p.name for p in plots)}")
-    return run_dir
+    run = record_run(config, NAME, run_experiment, report.summary)
+    print(report.table(run.summary))
+    plots = report.plot(run.run_dir)
+    print(f"\nTrained and tested in {run.seconds:.1f} s, compilation included.")
+    print(written_files_line(run.run_dir, plots))
+    return run.run_dir
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import dataclasses
 import math
 import pathlib
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -61,7 +60,7 @@ from tqdm import tqdm
 import lstmjax as lj
 from experiments import _vanishing_gradients_report as report
 from experiments._config_cli import parse_config
-from experiments._results import make_run_dir, write_json_atomic
+from experiments._results import record_run, written_files_line
 from experiments._vanishing_gradients_report import plot
 
 NAME = "vanishing_gradients"
@@ -372,25 +371,16 @@ def run_exploding(config: VanishingGradientsConfig, seeds: Sequence[int]) -> dic
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Runs the experiment from command-line arguments; returns the run's folder."""
     config = parse_config(VanishingGradientsConfig, argv, prog="python -m experiments.vanishing_gradients")
-    run_dir = make_run_dir(config.results_dir, NAME, config.run, config.overwrite)
-    config = dataclasses.replace(config, run=run_dir.name)
-    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
-    start = time.perf_counter()
-    metrics = run_experiment(config)
-    seconds = time.perf_counter() - start
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    summary = report.summary(metrics)
-    summary["seconds_including_compilation"] = round(seconds, 2)
-    write_json_atomic(run_dir / "summary.json", summary)
-    print(report.gradient_table(summary))
+    run = record_run(config, NAME, run_experiment, report.summary)
+    print(report.gradient_table(run.summary))
     print()
-    print(report.training_table(summary))
+    print(report.training_table(run.summary))
     print()
-    print(report.exploding_lines(summary))
-    plots = plot(run_dir)
-    print(f"\nMeasured and trained in {seconds:.1f} s, compilation included.")
-    print(f"Wrote {run_dir}/: config.json, metrics.json, summary.json, {', '.join(p.name for p in plots)}")
-    return run_dir
+    print(report.exploding_lines(run.summary))
+    plots = plot(run.run_dir)
+    print(f"\nMeasured and trained in {run.seconds:.1f} s, compilation included.")
+    print(written_files_line(run.run_dir, plots))
+    return run.run_dir
 
 
 if __name__ == "__main__":
