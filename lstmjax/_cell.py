@@ -33,6 +33,8 @@ class Cell(NamedTuple):
             the whole state for the GRU and the RNN); `step` returns `y = output(new_state)`.
         hidden_size: number of hidden units `H`.
         name: the family's name, for messages and reports (`"lstm"`, `"gru"`, `"rnn"`, ...).
+        fused: the family's whole-sequence fast path (an `lstmjax._fused.FusedRecurrence`) that
+            `lj.unroll` uses instead of scanning `step`, or `None`; same results, faster gradients.
     """
 
     init: Callable[..., Params]
@@ -42,6 +44,7 @@ class Cell(NamedTuple):
     output: Callable[[State], jax.Array]
     hidden_size: int
     name: str
+    fused: Any = None
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -90,11 +93,13 @@ def make_cell(
     initial_state: Callable[..., State],
     step_with_internals: Callable[[Params, State, jax.Array, int], tuple[State, jax.Array, Internals]],
     output: Callable[[State], jax.Array] = lambda state: state,
+    fused: Any = None,
 ) -> Cell:
     """Builds a `Cell` from a family's `step_with_internals(params, state, x, hidden_size)`.
 
     `step` is the same function with the internals dropped; under `jit` XLA removes the work
-    that only the internals needed, so the equations are written once per family.
+    that only the internals needed, so the equations are written once per family. `fused`, a
+    `FusedRecurrence` of the same equations, is bound to this `step` (see `lstmjax._fused`).
     """
 
     def step_with_internals_of_cell(params, state, x):
@@ -105,4 +110,5 @@ def make_cell(
         return state, y
 
     return Cell(init=init, initial_state=initial_state, step=step, step_with_internals=step_with_internals_of_cell,
-                output=output, hidden_size=hidden_size, name=name)
+                output=output, hidden_size=hidden_size, name=name,
+                fused=None if fused is None else fused._replace(step=step))

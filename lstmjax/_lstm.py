@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
+from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 
 
@@ -77,9 +78,7 @@ def lstm_step_with_internals(
     """
     x = jnp.asarray(x)
     _check_lstm(params, state, x, hidden_size)
-    z = x @ params.w_x + state.h @ params.w_h + params.b
-    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+    i, f, g, o = _gates(x @ params.w_x + state.h @ params.w_h + params.b)
     c = f * state.c + i * g
     h = o * jnp.tanh(c)
     return LSTMState(h=h, c=c), h, LSTMInternals(i=i, f=f, g=g, o=o, c=c, h=h)
@@ -97,6 +96,36 @@ def _check_lstm(params: LSTMParams, state: LSTMState, x: jax.Array, hidden_size:
     batch_shape = x.shape[:-1]
     check_state_leaf("state.h", state.h, batch_shape, hidden_size)
     check_state_leaf("state.c", state.c, batch_shape, hidden_size)
+
+
+def _fused_forward(xz: jax.Array, hz: jax.Array, state: LSTMState):
+    """One step, and the coefficients of its linearisation (`_fused_tangent`)."""
+    i, f, g, o = _gates(xz + hz)
+    c = f * state.c + i * g
+    tanh_c = jnp.tanh(c)
+    coefficients = (g * i * (1 - i), state.c * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o), f,
+                    o * (1 - tanh_c * tanh_c))
+    return LSTMState(h=o * tanh_c, c=c), coefficients
+
+
+def _fused_tangent(coefficients, dxz: jax.Array, dhz: jax.Array, d_state: LSTMState) -> LSTMState:
+    """`dc' = f·dc + g·di + c·df + i·dg` and `dh' = o·(1 − tanh²c')·dc' + tanh(c')·do`."""
+    a_i, a_f, a_g, a_o, f, a_c = coefficients
+    dzi, dzf, dzg, dzo = jnp.split(dxz + dhz, 4, axis=-1)
+    dc = f * d_state.c + a_i * dzi + a_f * dzf + a_g * dzg
+    return LSTMState(h=a_c * dc + a_o * dzo, c=dc)
+
+
+LSTM_FUSED = FusedRecurrence(
+    weights=lambda params: (params.w_x, params.w_h, params.b, None),
+    forward=_fused_forward, tangent=_fused_tangent,
+    hidden=lambda state: state.h, additive=True, min_hidden_size=128)
+"""The LSTM's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`)."""
+
+
+def _gates(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+    return jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
 
 
 def lstm(hidden_size: int, forget_bias: float | None = None, init: str | InitScheme = "default") -> Cell:
@@ -136,4 +165,4 @@ def lstm(hidden_size: int, forget_bias: float | None = None, init: str | InitSch
         return LSTMState(h=zeros, c=zeros)
 
     return make_cell("lstm", hidden_size, init_params, initial_state, lstm_step_with_internals,
-                     output=lambda state: state.h)
+                     output=lambda state: state.h, fused=LSTM_FUSED)

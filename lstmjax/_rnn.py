@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
+from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -74,6 +75,21 @@ def rnn_step_with_internals(
     return h, h, RNNInternals(a=a, h=h)
 
 
+def rnn_fused(activation: Callable[[jax.Array], jax.Array]) -> FusedRecurrence:
+    """The vanilla RNN's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`):
+    `h' = φ(a)`, `dh' = φ'(a)·da`, with `φ'` from `jax.jvp` of the activation."""
+
+    def forward(xz, hz, h):
+        h, slope = jax.jvp(activation, (xz + hz,), (jnp.ones_like(xz),))
+        return h, slope
+
+    return FusedRecurrence(
+        weights=lambda params: (params.w_x, params.w_h, params.b, None),
+        forward=forward,
+        tangent=lambda slope, dxz, dhz, dh: slope * (dxz + dhz),
+        hidden=lambda h: h, additive=True, min_hidden_size=256)
+
+
 def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "default") -> Cell:
     """The vanilla (Elman) RNN cell: `h' = φ(x w_x + h w_h + b)`, `y = h'`.
 
@@ -104,4 +120,5 @@ def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "de
     def step_with_internals(params, h, x, hidden_size):
         return rnn_step_with_internals(params, h, x, hidden_size, phi)
 
-    return make_cell(f"rnn_{activation}", hidden_size, init_params, initial_state, step_with_internals)
+    return make_cell(f"rnn_{activation}", hidden_size, init_params, initial_state, step_with_internals,
+                     fused=rnn_fused(phi))

@@ -17,6 +17,8 @@ Variable-length batches, gaps and episode boundaries are handled here once, for 
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
@@ -26,6 +28,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, Params, State
+from lstmjax._fused import fused_unroll
 
 
 def unroll(
@@ -37,6 +40,7 @@ def unroll(
     reverse: bool = False,
     mask: ArrayLike | None = None,
     resets: ArrayLike | None = None,
+    remat: bool | int = False,
 ) -> tuple[State, jax.Array]:
     """Runs `cell` over the time axis of `xs` with `lax.scan`.
 
@@ -50,11 +54,23 @@ def unroll(
         reverse: run each sequence from its last real step back to step 0.
         mask: bool, shape `(T, *batch)`; `False` holds the state and zeroes the output.
         resets: bool, shape `(T, *batch)`; `True` at `t` resets the state before step `t`.
+        remat: gradient checkpointing for long sequences. `False` (default) keeps every step's
+            intermediates for the backward pass (memory grows with `T`); `True` splits the steps
+            into chunks of `ceil(sqrt(T))` and keeps only the state at each chunk's start,
+            recomputing a chunk's steps when its gradient is needed (memory grows with `sqrt(T)`,
+            about one extra forward pass of compute); an integer sets the chunk length. Same
+            results and gradients either way.
 
     Returns:
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
+
+    Cells of the built-in families (`lj.lstm`, `lj.gru`, `lj.rnn`) run on a fast path when no
+    `resets` are given: the same forward scan, with a derivative laid out so that the backward
+    pass carries only the state's cotangent and forms the weight gradients as single large
+    matrix multiplies (`lstmjax._fused`). Forward mode, higher derivatives, `vmap` and float64
+    work as on the step-by-step scan, which every other cell (and `resets`) uses.
     """
-    final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals=False)
+    final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
     return final_state, ys
 
 
@@ -67,6 +83,7 @@ def unroll_with_internals(
     reverse: bool = False,
     mask: ArrayLike | None = None,
     resets: ArrayLike | None = None,
+    remat: bool | int = False,
 ) -> tuple[State, jax.Array, Any]:
     """`unroll` that also returns every step's internals, stacked over time.
 
@@ -77,7 +94,7 @@ def unroll_with_internals(
     Returns:
         `(final_state, ys, internals)`; arguments as in `unroll`.
     """
-    return _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals=True)
+    return _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=True)
 
 
 def prepare_unroll(cell: Cell, params: Params, xs: ArrayLike, state: State | None) -> tuple[jax.Array, State]:
@@ -93,31 +110,68 @@ def prepare_unroll(cell: Cell, params: Params, xs: ArrayLike, state: State | Non
     return xs, init_state
 
 
-def _scan(cell, params, xs, state, lengths, reverse, mask, resets, with_internals):
+def _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals):
     xs, init_state = prepare_unroll(cell, params, xs, state)
+    chunk = _chunk_length(remat, xs.shape[0])
     steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     valid = _valid_steps(steps, batch_shape, lengths, mask)
     reset = _reset_before(steps, batch_shape, resets, reverse)
+    fused = cell.fused
+    if (with_internals or reset is not None or fused is None or fused.step is not cell.step
+            or cell.hidden_size < fused.min_hidden_size):
+        fused = None
 
-    pending = None if reset is None else jnp.zeros(batch_shape, bool)
+    def run(carry, inputs):
+        """Runs a stretch of steps: `carry` = (state, reset pending), `inputs` = (xs, valid, reset)."""
+        if fused is not None:
+            final, ys = fused_unroll(fused, params, inputs[0], carry[0], inputs[1], reverse)
+            return (final, carry[1]), (ys, None)
+        return lax.scan(functools.partial(_step, cell, params, init_state, with_internals), carry, inputs,
+                        reverse=reverse)
 
-    def body(carry, inputs):
-        state, pending = carry
-        x, is_valid, is_reset = inputs
-        start = state
-        if is_reset is not None:
-            pending = pending | is_reset
-            start = _select(pending, init_state, state)
-        new, y, internals = cell.step_with_internals(params, start, x)
-        if is_valid is not None:
-            new = _select(is_valid, new, state)
-            y, internals = _zero_where_invalid(is_valid, (y, internals))
-        if pending is not None:
-            pending = pending & ~is_valid if is_valid is not None else jnp.zeros_like(pending)
-        return (new, pending), ((y, internals) if with_internals else (y, None))
-
-    (final_state, _), (ys, internals) = lax.scan(body, (init_state, pending), (xs, valid, reset), reverse=reverse)
+    carry = (init_state, None if reset is None else jnp.zeros(batch_shape, bool))
+    if chunk is None:
+        (final_state, _), (ys, internals) = run(carry, (xs, valid, reset))
+        return final_state, ys, internals
+    if valid is None and steps % chunk:
+        valid = jnp.ones((steps, *batch_shape), bool)
+    chunks = jax.tree_util.tree_map(lambda a: _to_chunks(a, chunk), (xs, valid, reset))
+    (final_state, _), outputs = lax.scan(jax.checkpoint(run), carry, chunks, reverse=reverse)
+    ys, internals = jax.tree_util.tree_map(lambda a: a.reshape(-1, *a.shape[2:])[:steps], outputs)
     return final_state, ys, internals
+
+
+def _step(cell, params, init_state, with_internals, carry, inputs):
+    """One step of the step-by-step scan, with masks and resets; `carry` = (state, reset pending)."""
+    state, pending = carry
+    x, is_valid, is_reset = inputs
+    start = state
+    if is_reset is not None:
+        pending = pending | is_reset
+        start = _select(pending, init_state, state)
+    new, y, internals = cell.step_with_internals(params, start, x)
+    if is_valid is not None:
+        new = _select(is_valid, new, state)
+        y, internals = _zero_where_invalid(is_valid, (y, internals))
+    if pending is not None:
+        pending = pending & ~is_valid if is_valid is not None else jnp.zeros_like(pending)
+    return (new, pending), ((y, internals) if with_internals else (y, None))
+
+
+def _chunk_length(remat, steps: int) -> int | None:
+    """The checkpointed chunk length that `remat` asks for, or `None` for no checkpointing."""
+    if isinstance(remat, (bool, np.bool_)):
+        return max(1, math.ceil(math.sqrt(steps))) if remat else None
+    if isinstance(remat, (int, np.integer)) and remat >= 1:
+        return int(remat)
+    raise ValueError(f"remat must be True, False or a positive integer chunk length, got {remat!r}")
+
+
+def _to_chunks(a: jax.Array, chunk: int) -> jax.Array:
+    """`(T, ...)` -> `(ceil(T / chunk), chunk, ...)`, padded at the end with zeros (`False`: masked steps)."""
+    padding = -a.shape[0] % chunk
+    a = jnp.pad(a, [(0, padding)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(-1, chunk, *a.shape[1:])
 
 
 def _initial_state(cell: Cell, params: Params, state: State | None, batch_shape: tuple[int, ...]) -> State:
