@@ -111,11 +111,22 @@ def prepare_unroll(cell: Cell, params: Params, xs: ArrayLike, state: State | Non
 
 
 def _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals):
+    """Checks every argument (eagerly where values are concrete), then runs `_run`: compiled and
+    cached per (cell, options, shapes) when called outside any transformation, so that an eager
+    `lj.unroll` in a notebook does not trace its scan anew on every call."""
     xs, init_state = prepare_unroll(cell, params, xs, state)
     chunk = _chunk_length(remat, xs.shape[0])
     steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     valid = _valid_steps(steps, batch_shape, lengths, mask)
     reset = _reset_before(steps, batch_shape, resets, reverse)
+    arrays = (params, xs, init_state, valid, reset)
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(arrays))
+    run = _run if traced or not _hashable(cell) else _run_compiled
+    return run(cell, *arrays, reverse=reverse, chunk=chunk, with_internals=with_internals)
+
+
+def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_internals):
+    steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     fused = cell.fused
     if (with_internals or reset is not None or fused is None or fused.step is not cell.step
             or cell.hidden_size < fused.min_hidden_size):
@@ -139,6 +150,18 @@ def _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_i
     (final_state, _), outputs = lax.scan(jax.checkpoint(run), carry, chunks, reverse=reverse)
     ys, internals = jax.tree_util.tree_map(lambda a: a.reshape(-1, *a.shape[2:])[:steps], outputs)
     return final_state, ys, internals
+
+
+def _hashable(cell: Cell) -> bool:
+    """Whether `cell` can key the compilation cache (a hand-built cell may hold unhashable parts)."""
+    try:
+        hash(cell)
+    except TypeError:
+        return False
+    return True
+
+
+_run_compiled = jax.jit(_run, static_argnums=0, static_argnames=("reverse", "chunk", "with_internals"))
 
 
 def _step(cell, params, init_state, with_internals, carry, inputs):

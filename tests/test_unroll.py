@@ -99,3 +99,26 @@ def test_output_is_a_function_of_the_state(cell):
     state = random_state(cell, params, 2, (4,))
     new_state, y = cell.step(params, state, random_inputs(1, (4, 3)))
     assert_trees_all_close(cell.output(new_state), y, rtol=0, atol=0)
+
+
+def test_eager_calls_compile_once_and_still_check_values():
+    """Outside `jit`, repeated calls with the same shapes reuse one compiled scan; the concrete
+    value checks (lengths within [0, T]) still run on every call."""
+    traces = []
+    base = lj.lstm(4)
+
+    def counting_step_with_internals(params, state, x):
+        traces.append(1)
+        return base.step_with_internals(params, state, x)
+
+    cell = base._replace(step_with_internals=counting_step_with_internals, fused=None)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
+    first = lj.unroll(cell, params, xs, lengths=jnp.array([5, 2]))
+    after_first = len(traces)
+    again = lj.unroll(cell, params, xs, lengths=jnp.array([5, 2]))
+    lj.unroll(cell, params, 2.0 * xs, lengths=jnp.array([1, 3]))
+    assert len(traces) == after_first > 0
+    assert_trees_all_close(again, first)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\], got values from 2 to 6"):
+        lj.unroll(cell, params, xs, lengths=jnp.array([2, 6]))
