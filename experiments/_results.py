@@ -4,6 +4,11 @@ Every experiment writes `<root>/<name>/<run>/{config,metrics,summary}.json` and 
 file is written to a temporary file in the same folder, flushed to disk and then renamed over
 its destination (`os.replace`, atomic on POSIX and Windows): a reader sees the old file or the
 new one, never a half-written one, and a failure midway leaves no temporary file behind.
+
+The JSON is strict (RFC 8259): JSON has no NaN or Infinity, so a non-finite float is written as
+`null`, and every experiment's `definitions` say what a null means where one can occur (for
+example "never falls below 1%" or "the training diverged"). Readers turn nulls back into NaN with
+`np.asarray(values, float)`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -30,8 +36,9 @@ def write_json_atomic(path: PathLike, obj: Any) -> pathlib.Path:
 
     Beyond JSON's own types, `obj` may hold NumPy and JAX arrays and scalars (as lists and
     numbers), tuples (as lists), `pathlib.Path` (as strings) and dataclass instances (as dicts).
-    Non-finite floats are written as Python's `json` writes them (`NaN`, `Infinity`), which
-    `json.load` reads back.
+    The file is strict JSON: non-finite floats (NaN, Infinity, -Infinity), which JSON cannot
+    represent, are written as `null` (`json.dump`'s default would write the non-standard tokens
+    `NaN` and `Infinity`, which browsers, `jq` and most other languages' parsers reject).
 
     Args:
         path: the destination; its folder must exist.
@@ -45,7 +52,7 @@ def write_json_atomic(path: PathLike, obj: Any) -> pathlib.Path:
     """
 
     def write(file: IO[str]) -> None:
-        json.dump(obj, file, indent=2, default=_json_default)
+        json.dump(to_strict_json(obj), file, indent=2, allow_nan=False)
         file.write("\n")
 
     return _write_atomic(path, write, mode="w")
@@ -148,15 +155,30 @@ def _fsync_folder(folder: pathlib.Path) -> None:
             os.close(fd)
 
 
-def _json_default(value: Any) -> Any:
+def to_strict_json(value: Any) -> Any:
+    """`value` made of JSON's own types only, as `write_json_atomic` writes it: arrays and NumPy
+    scalars as lists and numbers, tuples as lists, paths as strings, dataclasses as dicts, and
+    every non-finite float as `None` (JSON's `null`).
+
+    Raises:
+        TypeError: for anything else (dict keys are left to `json.dump`).
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: to_strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_strict_json(item) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return to_strict_json(dataclasses.asdict(value))
     if isinstance(value, pathlib.PurePath):
         return str(value)
     if isinstance(value, np.generic):
-        return value.item()
+        return to_strict_json(value.item())
     if hasattr(value, "__array__") and hasattr(value, "shape"):  # NumPy and JAX arrays
-        return np.asarray(value).tolist()
+        return to_strict_json(np.asarray(value).tolist())
     raise TypeError(f"cannot write an object of type {type(value).__name__} as JSON")
 
 

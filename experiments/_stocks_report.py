@@ -6,6 +6,7 @@ The plot is drawn from `metrics.json` alone (`plot(run_dir)`), with bare Matplot
 
 from __future__ import annotations
 
+import math
 import pathlib
 from collections.abc import Mapping
 
@@ -32,6 +33,7 @@ DEFINITIONS = {
     "best_step": "the Adam step whose parameters were kept (0: the initial ones)",
     "train_loss": "full-batch training MSE (normalised units) before each step",
     "validation_loss": "validation MSE (normalised units) at steps 0..steps",
+    "null": "a number that was not finite (NaN or Infinity: a diverged seed); strict JSON has neither",
 }
 
 
@@ -62,7 +64,7 @@ def summary(metrics: Mapping) -> dict:
                          **_spread(m["test_rmse"], "test_rmse"), **_spread(m["test_mae"], "test_mae"),
                          "rmse_vs_baseline": float(np.mean(rmse) / base["test_rmse"]),
                          "seeds_beating_baseline": beating,
-                         "best_step_mean": float(np.mean(m["best_step"]))})
+                         "best_step_mean": float(np.mean(np.asarray(m["best_step"], float)))})
     pairs = len(metrics["symbols"]) * len(metrics["models"])
     return {"seeds": len(metrics["seeds"]), "window": metrics["window"], "hidden_size": metrics["hidden_size"],
             "steps": metrics["steps"], "learning_rate": metrics["learning_rate"],
@@ -70,8 +72,13 @@ def summary(metrics: Mapping) -> dict:
             "pairs_beating_baseline": beating_pairs, "pairs": pairs}
 
 
-def _range(center: float, low: float, high: float) -> str:
-    return f"{center:.2f} [{low:.2f}, {high:.2f}]"
+def _number(value: float | None, fmt: str) -> str:
+    """`value` formatted with `fmt`; None (a non-finite number, null in the JSON) as nan."""
+    return f"{math.nan if value is None else value:{fmt}}"
+
+
+def _range(center: float | None, low: float | None, high: float | None) -> str:
+    return f"{_number(center, '.2f')} [{_number(low, '.2f')}, {_number(high, '.2f')}]"
 
 
 def table(summary_json: Mapping) -> str:
@@ -93,7 +100,7 @@ def table(summary_json: Mapping) -> str:
         else:
             beats = f"{row['seeds_beating_baseline']}/{s['seeds']}"
         lines.append(f"{row['symbol']:<7}{span:<22}{row['model']:<11}{rmse:<26}{mae:<26}"
-                     f"{row['rmse_vs_baseline']:>6.2f}{beats:>26}")
+                     f"{_number(row['rmse_vs_baseline'], '>6.2f')}{beats:>26}")
     lines.append(f"Mean test RMSE below the last value's in {s['pairs_beating_baseline']} of {s['pairs']} "
                  "(symbol, model) pairs.")
     return "\n".join(line.rstrip() for line in lines)
@@ -134,10 +141,11 @@ def predictions_figure(metrics: Mapping) -> Figure:
                     label=f"last value (RMSE ${s['baseline']['test_rmse']:.2f})")
             for model in metrics["models"]:
                 m = s["models"][model]
-                predictions = np.asarray(m["test_predictions"])
+                predictions = np.asarray(m["test_predictions"], float)  # null (a diverged seed) -> nan
+                rmse = np.asarray(m["test_rmse"], float)
                 color = COLORS.get(model)
                 ax.plot(test_dates, predictions.mean(axis=0), color=color, lw=1.4,
-                        label=f"{metrics['model_descriptions'][model]} (RMSE ${np.mean(m['test_rmse']):.2f})")
+                        label=f"{metrics['model_descriptions'][model]} (RMSE ${np.mean(rmse):.2f})")
                 ax.fill_between(test_dates, predictions.min(axis=0), predictions.max(axis=0), color=color, alpha=0.2,
                                 lw=0)
             ax.set_ylabel("price ($)")

@@ -38,7 +38,8 @@ DEFINITIONS = {
     "decay_rate": "lj.fit_log_decay(grad_h_norm).rate: slope of log||dL/dh|| per step back in time "
                   "(negative: vanishing; exp(rate) is the average factor per step)",
     "distance_to_1pct": "lj.distance_to_fraction(grad_h_norm, 0.01): the first distance d at which the norm "
-                        "is below 1% of its value at the last state; Infinity if it never is within T steps",
+                        "is below 1% of its value at the last state; null if it never is within T steps "
+                        "(computed as Infinity; strict JSON has no Infinity)",
     "forget_gate_gain": "LSTM only, shape (T+1,): lj.forget_gate_gain(f) averaged over batch and units; "
                         "entry t is prod_{k=t}^{T-1} f_k",
     "forget_gain_step0_to_T": "LSTM only: forget_gate_gain[0], the long-term path's gain over the whole sequence",
@@ -64,6 +65,17 @@ def _spread(values: Sequence[float], prefix: str) -> dict[str, float]:
             f"{prefix}_min": float(np.min(values)), f"{prefix}_max": float(np.max(values))}
 
 
+def _distance_spread(distances: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean, min and max of the distances to 1% over the seeds whose gradient falls below 1% (None if none
+    does), and `never`, the number of seeds whose gradient never does (Infinity, or null in the JSON)."""
+    distances = np.asarray(distances, float)  # null -> nan
+    reached = distances[np.isfinite(distances)]
+    spread = ({"distance_to_1pct_mean": float(np.mean(reached)), "distance_to_1pct_min": float(np.min(reached)),
+               "distance_to_1pct_max": float(np.max(reached))} if reached.size else
+              dict.fromkeys(("distance_to_1pct_mean", "distance_to_1pct_min", "distance_to_1pct_max")))
+    return {**spread, "distance_to_1pct_never": int(distances.size - reached.size)}
+
+
 def summary(metrics: Mapping) -> dict:
     """The run's summary.json, computed from metrics.json: one row per (cell, T, phase), then training."""
     rows = []
@@ -71,15 +83,11 @@ def summary(metrics: Mapping) -> dict:
         for length in metrics["lengths"]:
             for phase in PHASES:
                 m = metrics["gradients"][cell][str(length)][phase]
-                distance = np.asarray(m["distance_to_1pct"], float)
+                ratio = np.asarray(m["ratio_first_last"], float)
                 row = {"cell": cell, "length": length, "phase": phase, **_spread(m["decay_rate"], "decay_rate"),
-                       "ratio_first_last_geomean": _geomean(m["ratio_first_last"]),
-                       "ratio_first_last_min": float(np.min(m["ratio_first_last"])),
-                       "ratio_first_last_max": float(np.max(m["ratio_first_last"])),
-                       "distance_to_1pct_mean": float(np.mean(distance)),
-                       "distance_to_1pct_min": float(np.min(distance)),
-                       "distance_to_1pct_max": float(np.max(distance)),
-                       "distance_to_1pct_never": int(np.sum(np.isinf(distance)))}
+                       "ratio_first_last_geomean": _geomean(ratio),
+                       "ratio_first_last_min": float(np.min(ratio)), "ratio_first_last_max": float(np.max(ratio)),
+                       **_distance_spread(m["distance_to_1pct"])}
                 if "forget_gain_step0_to_T" in m:
                     row["forget_gain_step0_to_T_mean"] = float(np.mean(m["forget_gain_step0_to_T"]))
                 rows.append(row)
@@ -88,17 +96,17 @@ def summary(metrics: Mapping) -> dict:
     for cell in metrics["cells"]:
         t = metrics["training"][cell]
         training[cell] = {**_spread(t["test_mse"], "test_mse"), "test_mse_per_seed": t["test_mse"],
-                          "test_mse_init_mean": float(np.mean(t["test_mse_init"])),
-                          "seeds_beating_baseline": int(np.sum(np.asarray(t["test_mse"]) < BEATS_BASELINE * baseline))}
+                          "test_mse_init_mean": float(np.mean(np.asarray(t["test_mse_init"], float))),
+                          "seeds_beating_baseline": _beating(t["test_mse"], BEATS_BASELINE * baseline)}
     e = metrics["exploding"]
     exploding = {key: e[key] for key in ("activation", "scale", "clip_norm", "length")}
     exploding.update(ratio_first_last_per_seed=e["gradients"]["ratio_first_last"],
                      decay_rate_per_seed=e["gradients"]["decay_rate"])
     for run, r in e["runs"].items():
-        exploding[run] = {"max_grad_norm_per_seed": [float(np.max(g)) for g in r["grad_norm"]],
+        exploding[run] = {"max_grad_norm_per_seed": [float(np.nanmax(np.asarray(g, float))) for g in r["grad_norm"]],
                           "non_finite_steps_per_seed": [int(np.sum(~np.asarray(f, bool))) for f in r["finite"]],
                           "test_mse_per_seed": r["test_mse"],
-                          "seeds_beating_baseline": int(np.sum(np.asarray(r["test_mse"]) < BEATS_BASELINE * baseline))}
+                          "seeds_beating_baseline": _beating(r["test_mse"], BEATS_BASELINE * baseline)}
     return {"init": metrics["init"], "hidden_size": metrics["hidden_size"], "seeds": len(metrics["seeds"]),
             "batch_size": metrics["batch_size"], "baseline_mse": baseline,
             "beats_baseline_below": BEATS_BASELINE * baseline,
@@ -107,15 +115,25 @@ def summary(metrics: Mapping) -> dict:
             "exploding": exploding}
 
 
-def _range(center: float, low: float, high: float, fmt: str) -> str:
-    return f"{center:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+def _beating(test_mse: Sequence[float | None], threshold: float) -> int:
+    """Seeds whose test MSE is below `threshold` (a null, non-finite MSE is not)."""
+    return int(np.sum(np.asarray(test_mse, float) < threshold))
+
+
+def _number(value: float | None, fmt: str) -> str:
+    """`value` formatted with `fmt`; None (a non-finite number, null in the JSON) as nan."""
+    return f"{math.nan if value is None else value:{fmt}}"
+
+
+def _range(center: float | None, low: float | None, high: float | None, fmt: str) -> str:
+    return f"{_number(center, fmt)} [{_number(low, fmt)}, {_number(high, fmt)}]"
 
 
 def _distance(row: Mapping) -> str:
     never = row["distance_to_1pct_never"]
     if never == 0:
         return _range(row["distance_to_1pct_mean"], row["distance_to_1pct_min"], row["distance_to_1pct_max"], ".1f")
-    if math.isinf(row["distance_to_1pct_min"]):
+    if row["distance_to_1pct_min"] is None:
         return "never"
     return f"min {row['distance_to_1pct_min']:.0f}; {never} seed{'s' if never > 1 else ''} never"
 
@@ -130,9 +148,9 @@ def gradient_table(summary_json: Mapping) -> str:
              f"{'cell':<13}{'T':>4}  {'phase':<8}{'decay rate/step':>17}  {'ratio first/last':<30}"
              f"{'distance to 1%':<24}{'LSTM gain prod f':>16}"]
     for row in s["gradient_table"]:
-        rate = f"{row['decay_rate_mean']:+.3f} ± {row['decay_rate_std']:.3f}"
+        rate = f"{_number(row['decay_rate_mean'], '+.3f')} ± {_number(row['decay_rate_std'], '.3f')}"
         ratio = _range(row["ratio_first_last_geomean"], row["ratio_first_last_min"], row["ratio_first_last_max"], ".1e")
-        gain = f"{row['forget_gain_step0_to_T_mean']:.1e}" if "forget_gain_step0_to_T_mean" in row else "-"
+        gain = _number(row["forget_gain_step0_to_T_mean"], ".1e") if "forget_gain_step0_to_T_mean" in row else "-"
         lines.append(f"{row['cell']:<13}{row['length']:>4}  {row['phase']:<8}{rate:>17}  {ratio:<30}"
                      f"{_distance(row):<24}{gain:>16}")
     return "\n".join(line.rstrip() for line in lines)
@@ -146,7 +164,7 @@ def training_table(summary_json: Mapping) -> str:
              f"{'cell':<13}{'at init':>9}  {'trained: mean [min, max]':<28}{'seeds beating baseline':>22}"]
     for cell, t in s["training"].items():
         trained = _range(t["test_mse_mean"], t["test_mse_min"], t["test_mse_max"], ".3f")
-        lines.append(f"{cell:<13}{t['test_mse_init_mean']:>9.3f}  {trained:<28}"
+        lines.append(f"{cell:<13}{_number(t['test_mse_init_mean'], '>9.3f')}  {trained:<28}"
                      f"{t['seeds_beating_baseline']:>18d}/{s['seeds']}")
     return "\n".join(lines)
 
@@ -154,15 +172,15 @@ def training_table(summary_json: Mapping) -> str:
 def exploding_lines(summary_json: Mapping) -> str:
     """What the exploding RNN did, with and without clipping."""
     e, s = summary_json["exploding"], summary_json
-    ratios = ", ".join(f"{r:.1e}" for r in e["ratio_first_last_per_seed"])
-    rates = ", ".join(f"{r:+.3f}" for r in e["decay_rate_per_seed"])
+    ratios = ", ".join(_number(r, ".1e") for r in e["ratio_first_last_per_seed"])
+    rates = ", ".join(_number(r, "+.3f") for r in e["decay_rate_per_seed"])
     lines = [f"Exploding case: {e['activation']} RNN, w_h = {e['scale']:g} × orthogonal, T = {e['length']}: "
              f"ratio first/last per seed {ratios} (rate per step {rates})"]
     clipped = f"Adam after clip_by_global_norm({e['clip_norm']:g})"
     for run, label in (("no_clip", "Adam, no clipping"), ("clip", clipped)):
         r = e[run]
-        norms = ", ".join(f"{g:.1e}" for g in r["max_grad_norm_per_seed"])
-        mses = ", ".join(f"{m:.3f}" for m in r["test_mse_per_seed"])
+        norms = ", ".join(_number(g, ".1e") for g in r["max_grad_norm_per_seed"])
+        mses = ", ".join(_number(m, ".3f") for m in r["test_mse_per_seed"])
         lines.append(f"  {label:<38} max grad norm per seed {norms}; non-finite steps "
                      f"{sum(r['non_finite_steps_per_seed'])}; test MSE {mses} "
                      f"({r['seeds_beating_baseline']}/{s['seeds']} beat the baseline)")
@@ -277,6 +295,7 @@ def exploding_figure(metrics: Mapping) -> Figure:
         r = e["runs"][run]
         for index, (g, loss) in enumerate(zip(r["grad_norm"], r["loss"], strict=True)):
             steps = np.arange(1, len(g) + 1)
+            g, loss = np.asarray(g, float), np.asarray(loss, float)  # null (diverged) -> nan, a gap
             norms.semilogy(steps, g, color=color, alpha=0.5, linewidth=0.8, label=label if index == 0 else None)
             losses.semilogy(steps, loss, color=color, alpha=0.5, linewidth=0.8, label=label if index == 0 else None)
     norms.axhline(e["clip_norm"], color="black", linestyle=":", linewidth=1, label=f"clip norm {e['clip_norm']:g}")
@@ -290,7 +309,7 @@ def exploding_figure(metrics: Mapping) -> Figure:
         ax.legend(fontsize=8)
     norms.set_title(f"gradient norm per step, {len(metrics['seeds'])} seeds", fontsize=10)
     losses.set_title(f"loss per step, adding problem T = {e['length']}", fontsize=10)
-    rate = float(np.mean(e["gradients"]["decay_rate"]))
+    rate = float(np.mean(np.asarray(e["gradients"]["decay_rate"], float)))
     fig.suptitle(f"Exploding gradients: {e['activation']} RNN with w_h = {e['scale']:g} × orthogonal, "
                  f"H = {metrics['hidden_size']}: the gradient grows ×{math.exp(rate):.3g} per step back in time "
                  f"(mean fitted rate); training with and without clipping", fontsize=11)
@@ -303,8 +322,8 @@ def training_loss_figure(metrics: Mapping) -> Figure:
     ax = fig.subplots()
     for cell in metrics["cells"]:
         for index, loss in enumerate(metrics["training"][cell]["loss"]):
-            ax.semilogy(np.arange(1, len(loss) + 1), loss, color=COLORS.get(cell), alpha=0.6, linewidth=0.8,
-                        label=_label(metrics, cell) if index == 0 else None)
+            ax.semilogy(np.arange(1, len(loss) + 1), np.asarray(loss, float), color=COLORS.get(cell), alpha=0.6,
+                        linewidth=0.8, label=_label(metrics, cell) if index == 0 else None)
     ax.axhline(metrics["baseline_mse"], color="black", linestyle="--", linewidth=1,
                label=f"memoryless baseline {metrics['baseline_mse']:.3f}")
     ax.set_xlabel("Adam step")

@@ -1,20 +1,26 @@
 """Many seeds in one compiled program: is `jax.vmap` over K stacked `TrainState`s faster than K runs?
 
-    python -m experiments.seeds_benchmark            # about a minute on a 2-core CPU
+    python -m experiments.seeds_benchmark            # about three minutes on a 2-core CPU
     python -m experiments.seeds_benchmark --help
 
 K independent models (LSTM with a linear readout, on the adding problem, seed k's weights,
 `TrainState` key and batches all drawn from `PRNGKey(k)`) are trained for `steps` Adam steps
-in two ways, from the same initial states on the same batches:
+in four ways, from the same initial states on the same batches. Step by step, from Python:
 
 (a) vmapped: `jax.jit(jax.vmap(train_step))` over the K stacked states, called `steps` times;
-(b) sequential: `jax.jit(train_step)` on one state, called `steps` times for each of the K seeds.
+(b) sequential: `jax.jit(train_step)` on one state, called `steps` times for each of the K seeds;
 
-Both programs are compiled and run once before timing (warm-up); each is then timed `repeats`
+and as whole programs, all `steps` steps in one `lax.scan` (`whole_program`), with the two
+strategies of `lj.map_seeds`:
+
+(c) `strategy="vmap"`: one vmapped program over the K seeds, called once;
+(d) `strategy="loop"`: one jitted single-seed program, called for each seed.
+
+Every program is compiled and run once before timing (warm-up); each way is then timed `repeats`
 times (wall-clock, host loop included, `block_until_ready` at the end, batches generated
-and sliced beforehand), and the medians and their ratio are reported. The first timed repeat's final
-parameters and per-step losses of (a) are compared with (b)'s seed by seed: the largest
-absolute and relative differences are recorded, and `equal` says whether every parameter and
+and sliced beforehand), alternating, and the medians and their ratios are reported. The final
+parameters and per-step losses of (a) are compared with (b)'s seed by seed, and (c)'s with
+(d)'s: the largest absolute and relative differences are recorded, and `equal` says whether every parameter and
 loss agrees within `rtol`/`atol` (`np.allclose`). They are not bitwise equal: XLA rounds a
 batched matmul differently from K single ones (~1e-7 after one step), and Adam amplifies it.
 
@@ -37,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax import lax
 from tqdm import tqdm
 
 import lstmjax as lj
@@ -48,7 +55,8 @@ NAME = "seeds_benchmark"
 
 @dataclasses.dataclass(frozen=True)
 class SeedsBenchmarkConfig:
-    """Time K seeds trained in one vmapped, jitted program against K sequential runs of the jitted step.
+    """Time K seeds trained in one vmapped, jitted program against K sequential runs of the jitted step,
+    step by step and as whole programs (lj.map_seeds' two strategies).
 
     Attributes:
         seeds: K, the number of independent models (seeds 0..K-1).
@@ -158,6 +166,22 @@ def run_sequential(step, per_seed_states, per_seed_steps):
     return jax.block_until_ready((stacked, jnp.stack(losses)))
 
 
+def whole_program(step):
+    """`train_one((state, batches)) -> (final state, losses (steps,))`: one seed's `steps` steps in one `lax.scan`,
+    `batches` with leaves `(steps, ...)`; `lj.map_seeds` runs it for every seed."""
+    def train_one(row):
+        state, batches = row
+        state, metrics = lax.scan(step, state, batches)
+        return state, metrics.loss
+
+    return train_one
+
+
+def run_whole_program(train_one, rows, strategy: str):
+    """(c) or (d): `lj.map_seeds(train_one, rows, strategy)`; returns final states and losses `(K, steps)`."""
+    return jax.block_until_ready(lj.map_seeds(train_one, rows, strategy))
+
+
 def compare(vmapped, sequential, rtol: float, atol: float) -> dict:
     """Largest absolute and relative differences of final params and losses, and whether all are allclose."""
     (v_states, v_loss), (s_states, s_loss) = vmapped, sequential
@@ -206,6 +230,7 @@ def run_benchmark(config: SeedsBenchmarkConfig) -> dict:
             if repeat == 0:
                 comparison = compare(vmapped, sequential, config.rtol, config.atol)
     medians = {way: float(np.median(t)) for way, t in times.items()}
+    whole = time_whole_program(step, states, batches, config, show)
     return {
         "seeds": config.seeds, "hidden_size": config.hidden_size, "length": config.length,
         "batch_size": config.batch_size, "steps": config.steps, "repeats": config.repeats,
@@ -216,23 +241,52 @@ def run_benchmark(config: SeedsBenchmarkConfig) -> dict:
         "speedup_sequential_over_vmapped": medians["sequential"] / medians["vmapped"],
         "ms_per_model_step": {way: 1e3 * m / (config.seeds * config.steps) for way, m in medians.items()},
         "comparison": comparison,
+        "whole_program": whole,
     }
+
+
+def time_whole_program(step, states, batches, config: SeedsBenchmarkConfig, show: bool) -> dict:
+    """(c) and (d): each compiled and run once (warm-up), then timed `repeats` times, alternating."""
+    train_one = whole_program(step)
+    rows = (states, jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1), batches))  # batches (K, steps, ...)
+    rows = jax.block_until_ready(rows)
+    first_call, times, results = {}, {"vmap": [], "loop": []}, {}
+    for strategy in times:
+        start = time.perf_counter()
+        results[strategy] = run_whole_program(train_one, rows, strategy)
+        first_call[strategy] = time.perf_counter() - start
+    with tqdm(total=2 * config.repeats, unit="run", desc="whole programs", disable=not show) as bar:
+        for _ in range(config.repeats):
+            for strategy in times:
+                start = time.perf_counter()
+                run_whole_program(train_one, rows, strategy)
+                times[strategy].append(time.perf_counter() - start)
+                bar.update()
+    medians = {strategy: float(np.median(t)) for strategy, t in times.items()}
+    return {"first_call_seconds": first_call, "seconds": times, "median_seconds": medians,
+            "speedup_loop_over_vmap": medians["vmap"] / medians["loop"],
+            "ms_per_model_step": {s: 1e3 * m / (config.seeds * config.steps) for s, m in medians.items()},
+            "comparison": compare(results["vmap"], results["loop"], config.rtol, config.atol)}
 
 
 def summary(metrics: dict) -> dict:
     """The printed numbers."""
     keys = ("seeds", "hidden_size", "length", "batch_size", "steps", "repeats", "device", "median_seconds",
             "speedup_sequential_over_vmapped", "ms_per_model_step")
-    c = metrics["comparison"]
+    c, w = metrics["comparison"], metrics["whole_program"]
     return {**{k: metrics[k] for k in keys}, "equal": c["equal"], "bitwise_equal": c["bitwise_equal"],
             "max_abs_diff": c["max_abs_diff"], "max_rel_diff": c["max_rel_diff"],
-            "loss_max_abs_diff": c["loss_max_abs_diff"]}
+            "loss_max_abs_diff": c["loss_max_abs_diff"],
+            "whole_program": {**{k: w[k] for k in ("median_seconds", "speedup_loop_over_vmap", "ms_per_model_step")},
+                              "equal": w["comparison"]["equal"], "max_abs_diff": w["comparison"]["max_abs_diff"]}}
 
 
 def lines(s: dict, config: SeedsBenchmarkConfig) -> str:
     """The report printed at the end."""
     m, per = s["median_seconds"], s["ms_per_model_step"]
     faster = "vmapped is faster" if s["speedup_sequential_over_vmapped"] > 1 else "sequential is faster"
+    w = s["whole_program"]
+    whole_faster = "the loop is faster" if w["speedup_loop_over_vmap"] > 1 else "vmap is faster"
     return "\n".join([
         f"K = {s['seeds']} LSTMs (H = {s['hidden_size']}), adding problem T = {s['length']}, batch {s['batch_size']}, "
         f"{s['steps']} Adam steps each, on {s['device']}; median of {s['repeats']} timed runs after warm-up:",
@@ -245,6 +299,14 @@ def lines(s: dict, config: SeedsBenchmarkConfig) -> str:
         f"{s['max_abs_diff']:.2e} (losses alone {s['loss_max_abs_diff']:.2e}), max rel diff {s['max_rel_diff']:.2e}, "
         f"bitwise equal: {s['bitwise_equal']}; "
         f"{'equal' if s['equal'] else 'NOT equal'} within rtol {config.rtol:g}, atol {config.atol:g}",
+        "Whole programs (the steps in one lax.scan per seed), lj.map_seeds:",
+        f"  (c) strategy='vmap', one vmapped program: {w['median_seconds']['vmap']:.3f} s "
+        f"({w['ms_per_model_step']['vmap']:.3f} ms per model-step)",
+        f"  (d) strategy='loop', one jitted program per seed: {w['median_seconds']['loop']:.3f} s "
+        f"({w['ms_per_model_step']['loop']:.3f} ms per model-step)",
+        f"  ratio (c)/(d) = {w['speedup_loop_over_vmap']:.2f}: {whole_faster}; per-seed results max abs diff "
+        f"{w['max_abs_diff']:.2e}, {'equal' if w['equal'] else 'NOT equal'} within rtol {config.rtol:g}, "
+        f"atol {config.atol:g}",
     ])
 
 

@@ -23,8 +23,12 @@ that readout against the adding-problem target (Arjovsky et al.'s form, `lj.addi
 3. It writes `config.json`, `metrics.json` (every curve, per seed), `summary.json` (the table
    printed at the end) and PNG plots drawn from `metrics.json` alone (`plot(run_dir)`).
 
-All seeds of a cell train together (`jax.vmap` over stacked `lj.TrainState`s, the steps in
-`lax.scan`): one compiled program per cell, one more per (cell, T) for the measurements.
+Each seed's training run (the Adam steps in `lax.scan`, then the test MSE) is one pure function
+of the seed's initial model and keys, and `lj.map_seeds` runs it for every seed: one compiled
+program per cell, one more per (cell, T) for the measurements. `--seed-strategy` chooses how:
+`loop` calls the jitted program seed after seed, `vmap` runs all seeds in one vmapped program,
+`auto` (the default) loops on a CPU and vmaps on an accelerator. Both give the same numbers up to
+float rounding; on this project's 2-core CPU the loop is faster (experiments/README.md).
 
 Seed `s` splits `PRNGKey(s)` in three: the weights (`init_model`), the `TrainState` key and its
 training batches. The measuring batch at each T and the test batch are fixed (`MEASURE_KEY`,
@@ -32,7 +36,7 @@ training batches. The measuring batch at each T and the test batch are fixed (`M
 `metrics["definitions"]` explains each quantity):
 
     init, hidden_size, cells, cell_descriptions, seeds, lengths, batch_size, baseline_mse,
-    train_length, train_steps, learning_rate
+    train_length, train_steps, learning_rate, seed_strategy, backend (jax.default_backend())
     gradients[cell][str(T)]["init" | "trained"]:
         grad_h_norm [seed][t], ratio_first_last [seed], decay_rate [seed], distance_to_1pct [seed]
         LSTM also: grad_c_norm [seed][t], forget_gate_gain [seed][0..T], forget_gain_step0_to_T [seed]
@@ -107,6 +111,8 @@ class VanishingGradientsConfig:
         results_dir: root folder; the run is written to <results_dir>/vanishing_gradients/<run>/.
         run: name of the run's folder; default: the UTC time the run starts.
         overwrite: replace an existing run folder of the same name instead of refusing.
+        seed_strategy: how lj.map_seeds runs the seeds: loop (one jitted program called per seed), vmap
+            (all seeds in one vmapped program) or auto (loop on a CPU, vmap on an accelerator).
         progress: show a progress bar over the work items (only when stderr is a terminal).
     """
 
@@ -127,6 +133,7 @@ class VanishingGradientsConfig:
     results_dir: str = "results"
     run: str | None = None
     overwrite: bool = False
+    seed_strategy: Literal["auto", "vmap", "loop"] = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -156,6 +163,8 @@ class VanishingGradientsConfig:
             raise ValueError(f"init must be one of {lj.INIT_PRESETS}, got {self.init!r}")
         if self.exploding_activation not in ("tanh", "relu", "linear"):
             raise ValueError(f"exploding_activation must be tanh, relu or linear, got {self.exploding_activation!r}")
+        if self.seed_strategy not in ("auto", "vmap", "loop"):
+            raise ValueError(f"seed_strategy must be auto, vmap or loop, got {self.seed_strategy!r}")
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -245,7 +254,8 @@ def measure(cell: lj.Cell, model: dict, batch: lj.Batch) -> dict[str, jax.Array]
 
 def train(cell: lj.Cell, models: dict, seeds: Sequence[int], optimizer: optax.GradientTransformation,
           config: VanishingGradientsConfig) -> tuple[dict, lj.StepMetrics, jax.Array, jax.Array]:
-    """Trains stacked models (leading axis: seeds) on the adding problem, all in one compiled program.
+    """Trains stacked models (leading axis: seeds) on the adding problem, one seed per call of one
+    compiled program (or all in one vmapped program: `config.seed_strategy`, see `lj.map_seeds`).
 
     Seed `s` draws its training batches from its own key. Returns `(trained models, metrics with
     leaves (seeds, train_steps), test MSE at init (seeds,), test MSE after training (seeds,))`.
@@ -254,20 +264,17 @@ def train(cell: lj.Cell, models: dict, seeds: Sequence[int], optimizer: optax.Gr
     step = lj.make_train_step(lambda model, batch, key: mse(cell, model, batch), optimizer)
     test = lj.adding_problem(jax.random.PRNGKey(TEST_KEY), config.test_size, config.train_length)
 
-    @jax.jit
-    def run(models, keys):
-        states = jax.vmap(lambda m, k: lj.init_train_state(m, optimizer, k))(models, keys[:, 0])
-        data_keys = jax.vmap(lambda k: jax.random.split(k, config.train_steps))(keys[:, 1])  # (S, steps)
+    def train_one(row: tuple[dict, jax.Array]) -> tuple[dict, lj.StepMetrics, jax.Array, jax.Array]:
+        model, (state_key, data_key) = row
 
-        def body(states, step_keys):
-            batches = jax.vmap(lambda k: lj.adding_problem(k, config.train_batch_size, config.train_length))(step_keys)
-            return jax.vmap(step)(states, batches)
+        def body(state, step_key):
+            return step(state, lj.adding_problem(step_key, config.train_batch_size, config.train_length))
 
-        states, metrics = lax.scan(body, states, jnp.swapaxes(data_keys, 0, 1))
-        test_mse = jax.vmap(lambda m: mse(cell, m, test))
-        return states.params, jax.tree_util.tree_map(lambda a: a.T, metrics), test_mse(models), test_mse(states.params)
+        state = lj.init_train_state(model, optimizer, state_key)
+        state, metrics = lax.scan(body, state, jax.random.split(data_key, config.train_steps))
+        return state.params, metrics, mse(cell, model, test), mse(cell, state.params, test)
 
-    return run(models, keys)
+    return lj.map_seeds(train_one, (models, keys), config.seed_strategy)
 
 
 def init_models(cell: lj.Cell, seeds: Sequence[int], scale: float | None = None) -> dict:
@@ -277,22 +284,18 @@ def init_models(cell: lj.Cell, seeds: Sequence[int], scale: float | None = None)
     return jax.jit(jax.vmap(lambda seed: exploding_model(cell, seed, scale)))(jnp.asarray(seeds))
 
 
-def measuring_program(cell: lj.Cell) -> Callable[[tuple, lj.Batch], dict[str, np.ndarray]]:
+def measuring_program(cell: lj.Cell, strategy: str = "auto") -> Callable[[tuple, lj.Batch], dict[str, np.ndarray]]:
     """`measure_models(model_sets, batch)`: `measure` for every model of the stacked float32 model sets
     (concatenated along their leading axis), in float64, as NumPy arrays with that leading axis.
 
-    The weights and the batch are widened to float64 inside one jitted program (under
-    `jax.enable_x64`), which compiles once per sequence length.
+    The weights and the batch are widened to float64 (under `jax.enable_x64`), and `lj.map_seeds`
+    runs `measure` for every model with `strategy`; it compiles once per sequence length.
     """
-    @jax.jit
-    def measure_stacked(model_sets: tuple, batch: lj.Batch) -> dict[str, jax.Array]:
-        models = jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves).astype(jnp.float64), *model_sets)
-        batch = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), batch)
-        return jax.vmap(lambda model: measure(cell, model, batch))(models)
-
     def measure_models(model_sets: tuple, batch: lj.Batch) -> dict[str, np.ndarray]:
         with jax.enable_x64(True):
-            return jax.device_get(measure_stacked(model_sets, batch))
+            models = jax.tree_util.tree_map(lambda *leaves: jnp.concatenate(leaves).astype(jnp.float64), *model_sets)
+            batch64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), batch)
+            return jax.device_get(lj.map_seeds(lambda model: measure(cell, model, batch64), models, strategy))
 
     return measure_models
 
@@ -323,7 +326,7 @@ def run_experiment(config: VanishingGradientsConfig) -> dict:
                                                             config)
             training[name] = _training_record(metrics, mse_init, mse_trained)
             bar.update()
-            measure_models = measuring_program(cell)
+            measure_models = measuring_program(cell, config.seed_strategy)
             gradients[name] = {}
             for length in config.lengths:
                 bar.set_postfix_str(f"{name}: measuring T={length}")
@@ -348,6 +351,8 @@ def run_experiment(config: VanishingGradientsConfig) -> dict:
         "train_length": config.train_length,
         "train_steps": config.train_steps,
         "learning_rate": config.learning_rate,
+        "seed_strategy": config.seed_strategy,
+        "backend": jax.default_backend(),
         "gradients": gradients,
         "training": training,
         "exploding": exploding,
@@ -358,7 +363,8 @@ def run_exploding(config: VanishingGradientsConfig, seeds: Sequence[int]) -> dic
     """The exploding RNN: its gradients at init (length `train_length`) and training with and without clipping."""
     cell = lj.rnn(config.hidden_size, activation=config.exploding_activation, init=config.init)
     initial = init_models(cell, seeds, scale=config.exploding_scale)
-    measured = _lists(measuring_program(cell)((initial,), measuring_batch(config.train_length, config.batch_size)))
+    measure_models = measuring_program(cell, config.seed_strategy)
+    measured = _lists(measure_models((initial,), measuring_batch(config.train_length, config.batch_size)))
     adam = optax.adam(config.learning_rate)
     runs = {}
     for run, optimizer in (("no_clip", adam), ("clip", optax.chain(optax.clip_by_global_norm(config.clip_norm), adam))):

@@ -39,6 +39,7 @@ from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unro
 from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
 from lstmjax._parallel import batch_sharding, data_parallel_mesh, replicate, shard_batch
 from lstmjax._rnn import RNNInternals, RNNParams, rnn
+from lstmjax._seeds import map_seeds
 from lstmjax._series import (
     STOCK_SYMBOLS,
     ForecastingTask,
@@ -134,6 +135,7 @@ __all__ = [
     "lstm",
     "make_train_step",
     "make_windows",
+    "map_seeds",
     "replicate",
     "restore_checkpoint",
     "rnn",

@@ -1,5 +1,6 @@
-"""experiments.seeds_benchmark: a tiny run writes its files, and K models trained in one vmapped
-program equal K sequential runs of the single-model step, seed by seed, to float tolerance."""
+"""experiments.seeds_benchmark: a tiny run writes its files (strict JSON), and K models trained in one vmapped
+program equal K sequential runs of the single-model step, seed by seed, to float tolerance; so do the two
+whole-program strategies of `lj.map_seeds`."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_a_tiny_run_writes_everything_and_the_ways_agree(tmp_path, capsys):
     assert run_dir.parent.name == "seeds_benchmark" and run_dir.name == "tiny"
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json", "summary.json"]
     assert "ratio (b)/(a)" in printed and "equal within" in printed
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text(), parse_constant=_refuse)
     assert len(metrics["seconds"]["vmapped"]) == len(metrics["seconds"]["sequential"]) == 2
     assert metrics["median_seconds"]["vmapped"] == pytest.approx(np.median(metrics["seconds"]["vmapped"]))
     ratio = metrics["median_seconds"]["sequential"] / metrics["median_seconds"]["vmapped"]
@@ -32,8 +33,21 @@ def test_a_tiny_run_writes_everything_and_the_ways_agree(tmp_path, capsys):
     assert len(set(np.round(metrics["comparison"]["final_loss_vmapped"], 6))) == 3
     np.testing.assert_allclose(metrics["comparison"]["final_loss_vmapped"],
                                metrics["comparison"]["final_loss_sequential"], rtol=1e-4, atol=1e-5)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["equal"] is True and summary["seeds"] == 3
+    whole = metrics["whole_program"]
+    assert len(whole["seconds"]["vmap"]) == len(whole["seconds"]["loop"]) == 2
+    assert whole["speedup_loop_over_vmap"] == pytest.approx(whole["median_seconds"]["vmap"]
+                                                            / whole["median_seconds"]["loop"])
+    assert whole["comparison"]["equal"] is True and whole["comparison"]["max_abs_diff"] < 1e-5
+    # the whole program trains each seed as the per-step loop does
+    np.testing.assert_allclose(whole["comparison"]["final_loss_sequential"],
+                               metrics["comparison"]["final_loss_sequential"], rtol=1e-4, atol=1e-5)
+    assert "ratio (c)/(d)" in printed
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=_refuse)
+    assert summary["equal"] is True and summary["seeds"] == 3 and summary["whole_program"]["equal"] is True
+
+
+def _refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
 
 
 def test_the_comparison_detects_a_difference():

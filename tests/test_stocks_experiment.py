@@ -89,8 +89,26 @@ def test_windows_belong_to_the_part_of_their_target_month():
         stocks.make_task(series, window=20, fractions=(0.5, 0.25, 0.25), method="standard")
 
 
+def test_looping_and_vmapping_over_seeds_give_the_same_numbers():
+    """`--seed-strategy loop` (the CPU default) and `vmap` train every seed alike, up to float rounding."""
+    series = lj.load_stock_prices(["GOOG"])["GOOG"]
+    task = stocks.make_task(series, window=12, fractions=(0.7, 0.15, 0.15), method="standard")
+    results = {}
+    for strategy in ("loop", "vmap"):
+        config = stocks.StocksConfig(symbols=("GOOG",), hidden_size=3, seeds=3, steps=20, seed_strategy=strategy)
+        train = stocks.training_program(stocks.make_cell("lstm", 3), config)
+        results[strategy] = train(np.arange(3), task.train, task.validation, task.test.xs)
+    predictions, train_loss, val_loss, best_step = results["loop"]
+    assert predictions.shape == (3, task.months[2]) and train_loss.shape == (3, 20) and val_loss.shape == (3, 21)
+    assert not np.allclose(train_loss[0], train_loss[1])  # the seeds differ
+    np.testing.assert_array_equal(best_step, results["vmap"][3])
+    for a, b in zip(results["loop"][:3], results["vmap"][:3], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("argv", [["--symbols", "TSLA"], ["--models", "lstm", "lstm"], ["--window", "0"],
-                                  ["--fractions", "0.5", "0.5"], ["--learning-rate", "-1"]])
+                                  ["--fractions", "0.5", "0.5"], ["--learning-rate", "-1"],
+                                  ["--seed-strategy", "pmap"]])
 def test_bad_configs_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as error:
         parse_config(stocks.StocksConfig, argv)

@@ -13,9 +13,11 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import lstmjax as lj
+from experiments import _vanishing_gradients_report as report
 from experiments import vanishing_gradients as vg
 from experiments._config_cli import parse_config
 
@@ -40,7 +42,12 @@ def test_a_tiny_run_writes_everything_and_measures_what_it_says(tmp_path, capsys
 
 
 def _load(run_dir, name):
-    return json.loads((run_dir / name).read_text())
+    """The file, parsed as strict JSON: NaN and Infinity, which JSON does not have, are refused."""
+    return json.loads((run_dir / name).read_text(), parse_constant=_refuse)
+
+
+def _refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
 
 
 def _check_files(run_dir, printed):
@@ -118,8 +125,15 @@ def _check_summary(summary, metrics):
             "ratio_first_last_max",
         ):
             assert math.isfinite(row[key]), (row["cell"], key)
-        assert not math.isnan(row["distance_to_1pct_mean"])  # Infinity where a seed never falls below 1%
         m = metrics["gradients"][row["cell"]][str(row["length"])][row["phase"]]
+        never = [d is None for d in m["distance_to_1pct"]]  # null: never falls below 1% within T steps
+        assert row["distance_to_1pct_never"] == sum(never)
+        reached = [d for d in m["distance_to_1pct"] if d is not None]
+        if reached:
+            assert row["distance_to_1pct_min"] == min(reached) and row["distance_to_1pct_max"] == max(reached)
+            assert row["distance_to_1pct_mean"] == pytest.approx(np.mean(reached))
+        else:
+            assert row["distance_to_1pct_mean"] is row["distance_to_1pct_min"] is row["distance_to_1pct_max"] is None
         assert row["decay_rate_mean"] == pytest.approx(np.mean(m["decay_rate"]))
         assert row["ratio_first_last_geomean"] == pytest.approx(np.sqrt(np.prod(m["ratio_first_last"])))
     for cell, training in summary["training"].items():
@@ -144,7 +158,7 @@ def _check_measurement_equals_a_direct_gradient_norms_over_time(metrics):
             np.testing.assert_allclose(recorded["grad_h_norm"][seed], h, rtol=1e-9)
             assert recorded["ratio_first_last"][seed] == pytest.approx(h[0] / h[-1], rel=1e-9)
             assert recorded["decay_rate"][seed] == pytest.approx(rate, rel=1e-9)
-            assert recorded["distance_to_1pct"][seed] == distance
+            assert recorded["distance_to_1pct"][seed] == (distance if math.isfinite(distance) else None)
             if name.startswith("lstm"):
                 np.testing.assert_allclose(recorded["grad_c_norm"][seed], c, rtol=1e-9)
                 assert recorded["forget_gain_step0_to_T"][seed] == pytest.approx(gain0, rel=1e-9)
@@ -210,6 +224,38 @@ def test_at_init_the_tanh_rnn_vanishes_far_faster_than_the_lstm_with_forget_bias
     assert gap > 2.0, f"geometric means differ by only 10^{gap:.1f}"
 
 
+def test_looping_and_vmapping_over_seeds_give_the_same_numbers():
+    """`--seed-strategy loop` (the CPU default) and `vmap` train and measure every seed alike, up to float
+    rounding (a batched matmul rounds differently from single ones, and Adam carries it along)."""
+    config = vg.VanishingGradientsConfig(hidden_size=4, seeds=2, train_steps=5, train_length=8, train_batch_size=8,
+                                         test_size=16)
+    cell = vg.make_cell("lstm_forget1", 4, "default")
+    initial = vg.init_models(cell, [0, 1])
+    results = {}
+    for strategy in ("loop", "vmap"):
+        run_config = dataclasses.replace(config, seed_strategy=strategy)
+        trained = vg.train(cell, initial, [0, 1], optax.adam(config.learning_rate), run_config)
+        measured = vg.measuring_program(cell, strategy)((initial, trained[0]), vg.measuring_batch(8, 8))
+        results[strategy] = (trained, measured)
+    loop, vmap = results["loop"], results["vmap"]
+    assert np.shape(loop[0][1].loss) == (2, 5) and np.shape(loop[1]["grad_h_norm"]) == (4, 8)
+    for a, b in zip(jax.tree_util.tree_leaves(loop), jax.tree_util.tree_leaves(vmap), strict=True):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-4, atol=1e-6)
+
+
+def test_the_summary_reads_null_distances_as_never():
+    """Strict JSON writes a distance that is Infinity (never below 1%) as null; both mean "never"."""
+    for never in (math.inf, None):
+        spread = report._distance_spread([3.0, never, 5.0])
+        assert spread == {"distance_to_1pct_mean": 4.0, "distance_to_1pct_min": 3.0, "distance_to_1pct_max": 5.0,
+                          "distance_to_1pct_never": 1}
+        assert report._distance(spread) == "min 3; 1 seed never"
+        spread = report._distance_spread([never, never])
+        assert spread["distance_to_1pct_min"] is None and spread["distance_to_1pct_never"] == 2
+        assert report._distance(spread) == "never"
+    assert report._distance(report._distance_spread([2.0, 4.0])) == "3.0 [2.0, 4.0]"
+
+
 # The generated CLI and the config's own checks -------------------------------------------------
 
 
@@ -243,6 +289,7 @@ def test_defaults_and_flags():
         (["--init", "torch"], "invalid choice: 'torch'"),
         (["--exploding-activation", "sigmoid"], "invalid choice: 'sigmoid'"),
         (["--seed", "3"], "unrecognized arguments"),
+        (["--seed-strategy", "pmap"], "invalid choice: 'pmap'"),
     ],
 )
 def test_cli_rejects_bad_values_with_a_clear_error(argv, message, capsys):
@@ -260,6 +307,8 @@ def test_config_checks_values_given_in_python_too():
         vg.VanishingGradientsConfig(cells=())
     with pytest.raises(ValueError, match="train_steps must be an integer >= 1, got True"):
         vg.VanishingGradientsConfig(train_steps=True)
+    with pytest.raises(ValueError, match="seed_strategy must be auto, vmap or loop, got 'pmap'"):
+        vg.VanishingGradientsConfig(seed_strategy="pmap")
 
 
 def test_help_lists_every_field(capsys):
