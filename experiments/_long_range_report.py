@@ -60,20 +60,25 @@ def summary(metrics: Mapping) -> dict:
                        "baseline": base, "relative_to_baseline": float(np.mean(values)) / base,
                        "seeds_beating_baseline": int(np.sum(values < BEATS_BASELINE * base)),
                        "seeds": len(values)}
+                if "learning_rates" in metrics:
+                    row["learning_rate"] = metrics["learning_rates"][task]
                 if "test_accuracy" in run:
                     accuracy = np.asarray(run["test_accuracy"], float)
                     row.update(test_accuracy_mean=float(np.mean(accuracy)), test_accuracy_min=float(np.min(accuracy)),
                                test_accuracy_max=float(np.max(accuracy)))
                 rows.append(row)
     return {"rows": rows, "beats_baseline_fraction": BEATS_BASELINE, "train_steps": metrics["train_steps"],
-            "hidden_size": metrics["hidden_size"], "seeds": metrics["seeds"], "init": metrics["init"]}
+            "hidden_size": metrics["hidden_size"], "batch_size": metrics["batch_size"],
+            "learning_rates": metrics.get("learning_rates", {}), "seeds": metrics["seeds"], "init": metrics["init"]}
 
 
 def table(summary_json: Mapping) -> str:
     """The printed table: task, T, cell, final test metric mean [min, max], baseline, seeds beating it."""
-    lines = [f"Final test metric after {summary_json['train_steps']} steps (H = {summary_json['hidden_size']}, "
-             f"{len(summary_json['seeds'])} seeds, init preset {summary_json['init']!r}); mean [min, max] over "
-             f"seeds; a seed beats the baseline below {BEATS_BASELINE} x baseline",
+    rates = ", ".join(f"{task} {rate:g}" for task, rate in summary_json.get("learning_rates", {}).items())
+    lines = [f"Final test metric after {summary_json['train_steps']} Adam steps (H = {summary_json['hidden_size']}, "
+             f"batch {summary_json.get('batch_size', '?')}, learning rate {rates or '?'}, "
+             f"{len(summary_json['seeds'])} seeds, init preset {summary_json['init']!r});",
+             f"mean [min, max] over seeds; a seed beats the baseline below {BEATS_BASELINE} x baseline",
              f"{'task':<15} {'T':>4}  {'cell':<5} {'metric':<30} {'mean [min, max]':<27} {'baseline':>8}  "
              f"{'beats baseline?':<16} accuracy"]
     for row in summary_json["rows"]:
@@ -126,8 +131,8 @@ def metric_vs_length_figure(metrics: Mapping) -> Figure:
         ax.set_title(f"{TASK_TITLES.get(task, task)} (baseline {values})", fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Long-range memory after {metrics['train_steps']} Adam steps, H = {metrics['hidden_size']} "
-                 f"({len(metrics['seeds'])} seeds: mean, band = min-max)")
+    fig.suptitle(f"Long-range memory after {metrics['train_steps']} Adam steps, H = {metrics['hidden_size']}\n"
+                 f"({len(metrics['seeds'])} seeds: mean, band = min-max)", fontsize=11)
     return fig
 
 
