@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
-from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 
 
@@ -83,38 +82,6 @@ def gru_step_with_internals(
     return h, h, GRUInternals(r=r, z=z, n=n, h=h)
 
 
-def _fused_weights(params: GRUParams):
-    """`b_hn` joins the recurrent pre-activation's n block, `hz = h · w_h + [0, 0, b_hn]`."""
-    b_h = None if params.b_hn is None else jnp.concatenate([jnp.zeros(2 * params.b_hn.shape[-1], params.b_hn.dtype),
-                                                             params.b_hn])
-    return params.w_x, params.w_h, params.b, b_h
-
-
-def _fused_forward(xz: jax.Array, hz: jax.Array, h: jax.Array):
-    """One step, and the coefficients of its linearisation (`_fused_tangent`)."""
-    xr, xu, xn = jnp.split(xz, 3, axis=-1)
-    hr, hu, hn = jnp.split(hz, 3, axis=-1)
-    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xu + hu)
-    n = jnp.tanh(xn + r * hn)
-    return (1.0 - z) * n + z * h, (r * (1 - r), z * (1 - z), 1 - n * n, r, z, hn, h - n)
-
-
-def _fused_tangent(coefficients, dxz: jax.Array, dhz: jax.Array, dh: jax.Array) -> jax.Array:
-    """`dr = r(1−r)·dz_r`, `dz = z(1−z)·dz_z`, `dn = (1−n²)·(dx_n + dr·hn + r·dhn)`,
-    `dh' = (1−z)·dn + (h − n)·dz + z·dh`."""
-    c_r, c_z, c_n, r, z, hn, h_minus_n = coefficients
-    dxr, dxu, dxn = jnp.split(dxz, 3, axis=-1)
-    dhr, dhu, dhn = jnp.split(dhz, 3, axis=-1)
-    dr, dz = c_r * (dxr + dhr), c_z * (dxu + dhu)
-    dn = c_n * (dxn + dr * hn + r * dhn)
-    return (1 - z) * dn + h_minus_n * dz + z * dh
-
-
-GRU_FUSED = FusedRecurrence(weights=_fused_weights, forward=_fused_forward, tangent=_fused_tangent,
-                            hidden=lambda h: h, min_hidden_size=256)
-"""The GRU's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`)."""
-
-
 def gru(hidden_size: int, init: str | InitScheme = "default") -> Cell:
     """The GRU cell in PyTorch's formulation.
 
@@ -144,4 +111,4 @@ def gru(hidden_size: int, init: str | InitScheme = "default") -> Cell:
     def initial_state(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         return jnp.zeros((*batch_shape, hidden_size), params.w_h.dtype)
 
-    return make_cell("gru", hidden_size, init_params, initial_state, gru_step_with_internals, fused=GRU_FUSED)
+    return make_cell("gru", hidden_size, init_params, initial_state, gru_step_with_internals)

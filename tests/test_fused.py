@@ -27,7 +27,12 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(params=sorted(CELL_FACTORIES))
+FUSED_FAMILIES = ("lstm", "rnn_relu", "rnn_tanh")
+"""The families with a fast path; the GRU's was slower than its step-by-step scan at every size we
+measured on a CPU (see `lstmjax._fused`), so it has none."""
+
+
+@pytest.fixture(params=FUSED_FAMILIES)
 def cell(request):
     return _always_fused(CELL_FACTORIES[request.param](HIDDEN))
 
@@ -60,8 +65,11 @@ def _without_remat(options):
 
 
 @pytest.mark.parametrize("name", sorted(CELL_FACTORIES))
-def test_built_in_cells_have_a_fast_path(name):
+def test_built_in_cells_have_a_fast_path_where_it_won(name):
     cell = CELL_FACTORIES[name](HIDDEN)
+    if name not in FUSED_FAMILIES:
+        assert cell.fused is None
+        return
     assert isinstance(cell.fused, _fused.FusedRecurrence)
     assert cell.fused.step is cell.step
 
@@ -201,7 +209,7 @@ def test_bad_remat_is_named(remat):
 
 @pytest.mark.parametrize("chunk", [1, 2, 7, 50])
 def test_remat_chunk_lengths_that_do_not_divide_t(chunk):
-    cell = _always_fused(lj.gru(HIDDEN))
+    cell = _always_fused(lj.lstm(HIDDEN))
     params, xs, state = _problem(cell, jnp.float32)
     assert_trees_all_close(lj.unroll(cell, params, xs, state, lengths=LENGTHS, remat=chunk),
                            lj.unroll(cell, params, xs, state, lengths=LENGTHS), rtol=1e-6, atol=1e-6)
