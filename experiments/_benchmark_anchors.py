@@ -1,0 +1,265 @@
+"""The same LSTM in lstmjax, Flax, Equinox, Haiku and PyTorch, with the same weights, for `experiments.benchmark`.
+
+Every implementation ("anchor") computes the same thing from the same `lj.LSTMParams` and inputs
+`xs: (T, B, D)`: a one-layer LSTM from zero memories, and the loss `mean(ys ** 2)` of its outputs
+`ys: (T, B, H)`. Each converts lstmjax's weights (`w_x: (D, 4H)`, `w_h: (H, 4H)`, `b: (4H,)`,
+gate blocks i, f, g, o, in→out) into its own layout, and converts its gradients back, so the
+benchmark can check that every anchor's loss and gradient equal lstmjax's before timing it:
+
+* Flax `nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)`: per-gate kernels `ii, if, ig, io: (D, H)`
+  without bias, `hi, hf, hg, ho: (H, H)` with bias `(H,)`; `w_x[:, k·H:(k+1)·H]` is gate k's kernel.
+* Equinox `eqx.nn.LSTMCell` (unbatched, out→in) under `jax.vmap` over the batch and `lax.scan`
+  over time: `weight_ih = w_x.T: (4H, D)`, `weight_hh = w_h.T: (4H, H)`, `bias = b`; same gate order.
+* Haiku `hk.LSTM(H)` with `hk.dynamic_unroll`: one `hk.Linear` on `concat([x, h])`, so
+  `w = concat([w_x, w_h]): (D + H, 4H)`, gate blocks in the order **i, g, f, o**, and `hk.LSTM`
+  adds 1 to the forget gate's pre-activation inside the step, so its bias is `b_f - 1`.
+* PyTorch `nn.LSTM(D, H)` (time-major, float32, CPU): `lj.to_torch` (`weight_ih = w_x.T`,
+  `bias_ih = b`, `bias_hh = 0`); the gradient of `b` is the gradient of `bias_ih`.
+
+A JAX anchor is a `JaxAnchor` (`convert`, a pure `loss(anchor_params, xs)`, `grads_to_lstmjax`):
+the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. PyTorch is a
+`TorchAnchor` whose `prepare` returns the forward pass and the training step as closures.
+A library that is not installed (or fails to import) is reported by `unavailable()` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lstmjax as lj
+
+ANCHORS = ("flax", "equinox", "haiku", "torch")
+"""Names of the other libraries, in the order they are reported."""
+
+LABELS = {
+    "lstmjax": "lstmjax (lj.unroll)",
+    "flax": "Flax nn.RNN(OptimizedLSTMCell)",
+    "equinox": "Equinox LSTMCell + lax.scan",
+    "haiku": "Haiku hk.LSTM + dynamic_unroll",
+    "torch": "PyTorch nn.LSTM (CPU)",
+}
+
+_MODULES = {"flax": ("flax.linen",), "equinox": ("equinox",), "haiku": ("haiku",), "torch": ("torch",)}
+
+
+def loss_of_outputs(ys: jax.Array) -> jax.Array:
+    """The benchmark's loss of the outputs `ys: (T, B, H)`: `mean(ys ** 2)`."""
+    return jnp.mean(jnp.square(ys))
+
+
+def unavailable(name: str) -> str | None:
+    """`None` if library `name` imports, else why not (`"not installed: ..."` or the import error)."""
+    if name == "lstmjax":
+        return None
+    for module in _MODULES[name]:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            return f"not installed ({error}); pip install -e '.[benchmark]'" + (
+                " and torch (see the README)" if name == "torch" else "")
+        except Exception as error:  # a library broken against this JAX: report it, benchmark the others
+            return f"import failed: {type(error).__name__}: {error}"
+    return None
+
+
+def _blocks(array: jax.Array, hidden_size: int) -> list[jax.Array]:
+    """The four gate blocks (i, f, g, o) along the last axis."""
+    return [array[..., k * hidden_size:(k + 1) * hidden_size] for k in range(4)]
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxAnchor:
+    """An LSTM in a JAX library, as pure functions over its own parameter pytree.
+
+    Attributes:
+        name: the library's short name.
+        convert: `convert(params: lj.LSTMParams) -> anchor_params` in the library's layout.
+        loss: `loss(anchor_params, xs) -> scalar`, pure and jittable, `xs: (T, B, D)`.
+        grads_to_lstmjax: `grads_to_lstmjax(anchor_grads, hidden_size) -> lj.LSTMParams`.
+    """
+
+    name: str
+    convert: Callable[[lj.LSTMParams], Any]
+    loss: Callable[[Any, jax.Array], jax.Array]
+    grads_to_lstmjax: Callable[[Any, int], lj.LSTMParams]
+
+
+def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None) -> JaxAnchor:
+    """lstmjax itself, through the public API only (`lj.lstm`, `lj.unroll`), so it measures whatever
+    `lj.unroll` does; `unroll_kwargs` are passed to `lj.unroll` (for example a remat option)."""
+    unroll_kwargs = dict(unroll_kwargs or {})
+
+    def loss(params: lj.LSTMParams, xs: jax.Array) -> jax.Array:
+        cell = lj.lstm(params.w_h.shape[0])
+        _, ys = lj.unroll(cell, params, xs, **unroll_kwargs)
+        return loss_of_outputs(ys)
+
+    return JaxAnchor("lstmjax", convert=lambda params: params, loss=loss, grads_to_lstmjax=lambda grads, _: grads)
+
+
+_FLAX_GATES = ("i", "f", "g", "o")
+
+
+def flax_anchor() -> JaxAnchor:
+    """Flax Linen's `nn.RNN(nn.OptimizedLSTMCell(H), time_major=True)`."""
+    import flax.linen as nn
+
+    def model(hidden_size: int):
+        return nn.RNN(nn.OptimizedLSTMCell(hidden_size), time_major=True)
+
+    def convert(params: lj.LSTMParams) -> dict:
+        hidden_size = params.w_h.shape[0]
+        cell = {}
+        for gate, wx, wh, b in zip(_FLAX_GATES, _blocks(params.w_x, hidden_size), _blocks(params.w_h, hidden_size),
+                                   _blocks(params.b, hidden_size)):
+            cell[f"i{gate}"] = {"kernel": wx}
+            cell[f"h{gate}"] = {"kernel": wh, "bias": b}
+        return {"params": {"cell": cell}}
+
+    def loss(variables: dict, xs: jax.Array) -> jax.Array:
+        hidden_size = variables["params"]["cell"]["hi"]["kernel"].shape[0]
+        return loss_of_outputs(model(hidden_size).apply(variables, xs))
+
+    def grads_to_lstmjax(grads: dict, hidden_size: int) -> lj.LSTMParams:
+        cell = grads["params"]["cell"]
+        return lj.LSTMParams(w_x=jnp.concatenate([cell[f"i{g}"]["kernel"] for g in _FLAX_GATES], axis=-1),
+                             w_h=jnp.concatenate([cell[f"h{g}"]["kernel"] for g in _FLAX_GATES], axis=-1),
+                             b=jnp.concatenate([cell[f"h{g}"]["bias"] for g in _FLAX_GATES], axis=-1))
+
+    return JaxAnchor("flax", convert, loss, grads_to_lstmjax)
+
+
+def equinox_anchor() -> JaxAnchor:
+    """Equinox's `eqx.nn.LSTMCell` (one example at a time), vmapped over the batch inside `lax.scan`
+    over time (the same program as vmapping the whole unroll, as Equinox's RNN example does).
+    The module is a pytree of its three arrays, so `jax.jit` and `jax.grad` take it as it is."""
+    import equinox as eqx
+
+    def convert(params: lj.LSTMParams):
+        input_size, hidden_size = params.w_x.shape[0], params.w_h.shape[0]
+        cell = eqx.nn.LSTMCell(input_size, hidden_size, key=jax.random.PRNGKey(0))
+        return eqx.tree_at(lambda m: (m.weight_ih, m.weight_hh, m.bias), cell,
+                           (jnp.asarray(params.w_x).T, jnp.asarray(params.w_h).T, jnp.asarray(params.b)))
+
+    def loss(cell, xs: jax.Array) -> jax.Array:
+        batched = jax.vmap(cell)
+        zeros = jnp.zeros((xs.shape[1], cell.hidden_size), xs.dtype)
+
+        def step(state, x):
+            h, c = batched(x, state)
+            return (h, c), h
+
+        _, ys = jax.lax.scan(step, (zeros, zeros), xs)
+        return loss_of_outputs(ys)
+
+    def grads_to_lstmjax(grads, hidden_size: int) -> lj.LSTMParams:
+        return lj.LSTMParams(w_x=grads.weight_ih.T, w_h=grads.weight_hh.T, b=grads.bias)
+
+    return JaxAnchor("equinox", convert, loss, grads_to_lstmjax)
+
+
+_HAIKU_ORDER = (0, 2, 1, 3)  # Haiku's blocks (i, g, f, o) as indices into lstmjax's (i, f, g, o); its own inverse
+_HAIKU_FORGET_BLOCK = 2      # where f sits in Haiku's order; hk.LSTM adds 1 to it inside the step
+
+
+def haiku_anchor() -> JaxAnchor:
+    """Haiku's `hk.LSTM(H)` unrolled by `hk.dynamic_unroll` (time-major), from `initial_state(B)`."""
+    import haiku as hk
+
+    transformed = {}  # one hk.transform per hidden size, which the module needs at construction
+
+    def _transformed(hidden_size: int):
+        if hidden_size not in transformed:
+            def unrolled(xs):
+                core = hk.LSTM(hidden_size)
+                ys, _ = hk.dynamic_unroll(core, xs, core.initial_state(xs.shape[1]), time_major=True)
+                return ys
+            transformed[hidden_size] = hk.without_apply_rng(hk.transform(unrolled))
+        return transformed[hidden_size]
+
+    def reorder(array: jax.Array, hidden_size: int) -> jax.Array:
+        blocks = _blocks(array, hidden_size)
+        return jnp.concatenate([blocks[k] for k in _HAIKU_ORDER], axis=-1)
+
+    def convert(params: lj.LSTMParams) -> dict:
+        hidden_size = params.w_h.shape[0]
+        w = reorder(jnp.concatenate([params.w_x, params.w_h], axis=0), hidden_size)
+        b = reorder(params.b, hidden_size)
+        b = b.at[_HAIKU_FORGET_BLOCK * hidden_size:(_HAIKU_FORGET_BLOCK + 1) * hidden_size].add(-1.0)
+        return {"lstm/linear": {"w": w, "b": b}}
+
+    def loss(params: dict, xs: jax.Array) -> jax.Array:
+        hidden_size = params["lstm/linear"]["w"].shape[-1] // 4
+        return loss_of_outputs(_transformed(hidden_size).apply(params, xs))
+
+    def grads_to_lstmjax(grads: dict, hidden_size: int) -> lj.LSTMParams:
+        w = reorder(grads["lstm/linear"]["w"], hidden_size)
+        input_size = w.shape[0] - hidden_size
+        return lj.LSTMParams(w_x=w[:input_size], w_h=w[input_size:], b=reorder(grads["lstm/linear"]["b"], hidden_size))
+
+    return JaxAnchor("haiku", convert, loss, grads_to_lstmjax)
+
+
+JAX_ANCHORS: dict[str, Callable[[], JaxAnchor]] = {
+    "flax": flax_anchor, "equinox": equinox_anchor, "haiku": haiku_anchor}
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchRun:
+    """PyTorch's `nn.LSTM` with lstmjax's weights, ready to time.
+
+    Attributes:
+        forward: one forward pass under `torch.no_grad()`; returns the loss tensor.
+        train: one training step (gradients cleared, forward, `loss.backward()`); returns the loss tensor.
+        loss_and_grads: `(loss, lj.LSTMParams of numpy gradients)` after the last `train()`.
+        threads: `torch.get_num_threads()` while timing.
+    """
+
+    forward: Callable[[], Any]
+    train: Callable[[], Any]
+    loss_and_grads: Callable[[Any], tuple[float, lj.LSTMParams]]
+    threads: int
+
+
+class TorchAnchor:
+    """PyTorch's `nn.LSTM(D, H)` on the CPU, float32, time-major like `xs`."""
+
+    name = "torch"
+
+    @staticmethod
+    def prepare(params: lj.LSTMParams, xs: np.ndarray, threads: int) -> TorchRun:
+        """Builds the module with `lj.to_torch(params)` and the closures `TorchRun` describes."""
+        import torch
+
+        torch.set_num_threads(threads)
+        input_size, hidden_size = params.w_x.shape[0], params.w_h.shape[0]
+        module = torch.nn.LSTM(input_size, hidden_size)
+        module.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in lj.to_torch(params).items()})
+        x = torch.from_numpy(np.array(xs, np.float32))
+
+        def forward():
+            with torch.no_grad():
+                ys, _ = module(x)
+                return torch.mean(torch.square(ys))
+
+        def train():
+            module.zero_grad(set_to_none=True)
+            ys, _ = module(x)
+            loss = torch.mean(torch.square(ys))
+            loss.backward()
+            return loss
+
+        def loss_and_grads(loss) -> tuple[float, lj.LSTMParams]:
+            grads = lj.LSTMParams(w_x=module.weight_ih_l0.grad.numpy().T.copy(),
+                                  w_h=module.weight_hh_l0.grad.numpy().T.copy(),
+                                  b=module.bias_ih_l0.grad.numpy().copy())
+            return float(loss.detach()), grads
+
+        return TorchRun(forward, train, loss_and_grads, torch.get_num_threads())

@@ -1,0 +1,533 @@
+"""How fast is lstmjax? The same LSTM in lstmjax, Flax, Equinox, Haiku and PyTorch, timed in one process.
+
+    python -m experiments.benchmark              # a few minutes on a 2-core CPU
+    python -m experiments.benchmark --points 64x200x64x256 64x100x64x1024 --repeats 20
+    python -m experiments.benchmark --help
+
+At every grid point `BxTxDxH` (batch, sequence length, input size, hidden units) every library
+runs a one-layer LSTM over the same inputs `xs: (T, B, D)` (standard normal) with the same
+weights (`lj.lstm(H, init="pytorch").init(PRNGKey(seed), D)`, converted into each library's
+layout by `experiments._benchmark_anchors`), from zero memories, and two workloads are timed:
+
+* `forward`: the loss `mean(ys ** 2)` of the outputs `ys: (T, B, H)`; for a JAX library
+  `jax.jit(loss)`, for PyTorch `nn.LSTM` under `torch.no_grad()`;
+* `train`: the loss and its gradient with respect to the LSTM's weights; for a JAX library
+  `jax.jit(jax.value_and_grad(loss))`, for PyTorch forward and `loss.backward()`.
+
+lstmjax runs through its public API only (`lj.lstm`, `cell.init`, `lj.unroll`), so the numbers
+follow whatever `lj.unroll` does. If `lj.unroll` has a `remat` parameter, the training step is
+also timed (and its memory measured) with `remat=VALUE` for each of `--remat-values`
+(default: `True`), as extra rows `lstmjax[remat=VALUE]`.
+
+Correctness first: the first call of every library at every grid point (the call that
+compiles it, not timed with the others) returns its loss and, for `train`, its gradient, which
+is converted back to lstmjax's layout and compared with lstmjax's on the very shapes and data
+being timed: the largest difference of each leaf relative to that leaf's largest magnitude must
+be at most `--rtol`, or the run stops with `AnchorMismatchError`, so it never times two
+different computations. Libraries that are not installed (or fail to import) are skipped, with
+the reason in the table and in `metrics.json`.
+
+Timing: after `--warmup` calls (the first one compiles and is checked), `--repeats` rounds in
+which every library is called once in turn (round-robin, so that load from other processes
+falls on all of them alike), each call preceded by a `--pause-ms` sleep (the worker threads of
+XLA and of PyTorch's OpenMP spin for a while after a call; on 2 cores under load, without the pause,
+the library called right after PyTorch ran about 1.5 times slower) and ended by
+`block_until_ready` (PyTorch on the CPU is synchronous). The median is reported, with each
+library's ratio to lstmjax (above 1: lstmjax is faster) and the geometric mean of the ratios
+over the grid. Achieved GFLOP/s count the LSTM's matrix multiplies only: `2·B·T·(D+H)·4H` for
+the forward pass and three times that for a training step, against this machine's
+matrix-multiply peak measured in the same run (the fastest of jitted float32 matmuls: squares
+of `--peak-sizes` and each point's input projection `(B·T, D+H) @ (D+H, 4H)`). PyTorch runs
+with `torch.set_num_threads(--torch-threads)`, default the number of cores this process may
+use; XLA uses all of them.
+
+Memory: the training step's memory as the sequence grows (`--memory-lengths` at batch
+`--memory-batch-size`, `--memory-input-size`, `--memory-hidden-size`), from XLA's compiled
+memory analysis (`jax.jit(step).lower(...).compile().memory_analysis()`: temporaries +
+arguments + outputs − aliased bytes). Nothing is run, so it is deterministic and costs only
+compilation. Measured for lstmjax (and its remat variants) and `--memory-anchors`.
+
+Writes `config.json`, `metrics.json` (every timing, the checks, the machine), `summary.json` (the
+printed table) and `times.png`, `memory.png` (drawn from `metrics.json` alone by
+`experiments._benchmark_report.plot`) to `results/benchmark/<run>/`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.metadata
+import inspect
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import lstmjax as lj
+from experiments import _benchmark_anchors as anchors
+from experiments import _benchmark_report as report
+from experiments._config_cli import parse_config
+from experiments._results import record_run, written_files_line
+
+NAME = "benchmark"
+WORKLOADS = ("forward", "train")
+
+
+class AnchorMismatchError(AssertionError):
+    """An implementation's loss or gradient differs from lstmjax's: timing them would compare two computations."""
+
+
+class Point(NamedTuple):
+    """One grid point: batch size B, sequence length T, input size D, hidden units H."""
+
+    batch_size: int
+    length: int
+    input_size: int
+    hidden_size: int
+
+    @property
+    def label(self) -> str:
+        return f"B={self.batch_size} T={self.length} D={self.input_size} H={self.hidden_size}"
+
+
+def parse_point(text: str) -> Point:
+    """`"32x100x32x128"` (BxTxDxH) -> `Point(32, 100, 32, 128)`; `ValueError` otherwise."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or min(values) < 1:
+        raise ValueError(f"a grid point is BxTxDxH with four positive integers, such as 32x100x32x128; got {text!r}")
+    return Point(*values)
+
+
+def lstm_flops(point: Point, workload: str) -> float:
+    """Floating-point operations of the LSTM's matrix multiplies: forward `2·B·T·(D+H)·4H`, a training
+    step (forward and backward: two more products of the same size) three times that."""
+    forward = 2.0 * point.batch_size * point.length * (point.input_size + point.hidden_size) * 4 * point.hidden_size
+    return {"forward": forward, "train": 3.0 * forward}[workload]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """Time lstmjax against Flax, Equinox, Haiku and PyTorch on the same LSTM, weights and data.
+
+    Attributes:
+        points: grid points BxTxDxH (batch, sequence length, input size, hidden units).
+        anchors: the other libraries to time (flax, equinox, haiku, torch); lstmjax always runs.
+        warmup: untimed calls of each library before timing; the first compiles and is checked.
+        repeats: timed rounds (each library called once per round); medians are reported.
+        seed: PRNG seed of the weights and inputs.
+        rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
+            relative to the largest magnitude of lstmjax's leaf.
+        torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
+        pause_ms: sleep before each timed call, so that the worker threads of the previous call (XLA's,
+            PyTorch's OpenMP), which spin for a while after it, do not steal the cores of the next one.
+        peak_sizes: N of the N x N float32 matmuls timed for the machine's peak GFLOP/s.
+        memory_lengths: sequence lengths T of the memory measurement (compiled, never run).
+        memory_batch_size: batch size of the memory measurement.
+        memory_input_size: input size of the memory measurement.
+        memory_hidden_size: hidden units of the memory measurement.
+        memory_anchors: JAX libraries measured for memory besides lstmjax (flax, equinox, haiku), or none.
+        remat_values: values v for lj.unroll(..., remat=v), as Python literals, if lj.unroll has a remat
+            parameter; default: True.
+        results_dir: root folder; the run is written to <results_dir>/benchmark/<run>/.
+        run: name of the run's folder; default: the UTC time the run starts.
+        overwrite: replace an existing run folder of the same name instead of refusing.
+        progress: show a progress bar (only when stderr is a terminal).
+    """
+
+    points: tuple[str, ...] = ("32x100x32x128", "32x1000x32x32", "32x100x32x256", "32x50x32x512")
+    anchors: tuple[str, ...] = anchors.ANCHORS
+    warmup: int = 2
+    repeats: int = 10
+    seed: int = 0
+    rtol: float = 1e-4
+    torch_threads: int | None = None
+    pause_ms: float = 20.0
+    peak_sizes: tuple[int, ...] = (1024, 2048)
+    memory_lengths: tuple[int, ...] = (1000, 10000, 100000)
+    memory_batch_size: int = 8
+    memory_input_size: int = 32
+    memory_hidden_size: int = 128
+    memory_anchors: tuple[str, ...] = ("flax", "equinox", "haiku")
+    remat_values: tuple[str, ...] = ()
+    results_dir: str = "results"
+    run: str | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("warmup", "repeats", "memory_batch_size", "memory_input_size", "memory_hidden_size"):
+            _check_positive_int(name, getattr(self, name))
+        _check_positive_int("seed", self.seed + 1)
+        if self.torch_threads is not None:
+            _check_positive_int("torch_threads", self.torch_threads)
+        for name in ("peak_sizes", "memory_lengths"):
+            for value in getattr(self, name):
+                _check_positive_int(name, value)
+        if not self.points:
+            raise ValueError("points must name at least one grid point")
+        for point in self.points:
+            parse_point(point)
+        unknown = [a for a in self.anchors if a not in anchors.ANCHORS]
+        if unknown:
+            raise ValueError(f"anchors must be among {anchors.ANCHORS}, got {unknown}")
+        memory = [a for a in self.memory_anchors if a != "none"]
+        if [a for a in memory if a not in anchors.JAX_ANCHORS] or (len(memory) < len(self.memory_anchors) and memory):
+            raise ValueError(f"memory_anchors must be among {tuple(anchors.JAX_ANCHORS)}, or just none; "
+                             f"got {self.memory_anchors}")
+        if isinstance(self.pause_ms, bool) or not isinstance(self.pause_ms, (int, float)) or not (
+                0 <= self.pause_ms < math.inf):
+            raise ValueError(f"pause_ms must be a finite number >= 0, got {self.pause_ms!r}")
+        if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not 0 < self.rtol < 1:
+            raise ValueError(f"rtol must be a number in (0, 1), got {self.rtol!r}")
+        for value in self.remat_values:
+            _literal("remat_values", value)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _literal(name: str, text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{name} must hold Python literals such as True or 10, got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------- what to time
+
+
+def remat_variants(config: BenchmarkConfig) -> tuple[dict[str, dict[str, Any]], str]:
+    """`({row name: lj.unroll kwargs}, note)`: `{"lstmjax[remat=True]": {"remat": True}, ...}` if `lj.unroll`
+    has a `remat` parameter (checked at run time, so the benchmark follows the library), else `{}`."""
+    parameters = inspect.signature(lj.unroll).parameters
+    if "remat" not in parameters:
+        return {}, "lj.unroll has no remat parameter: only plain lstmjax is measured"
+    values = [_literal("remat_values", v) for v in config.remat_values] or [True]
+    default = parameters["remat"].default
+    variants = {f"lstmjax[remat={value!r}]": {"remat": value} for value in values if value != default}
+    return variants, f"lj.unroll(..., remat=...) found (default {default!r}); measured with {values}"
+
+
+def make_inputs(point: Point, seed: int) -> tuple[lj.LSTMParams, jax.Array]:
+    """The weights (`init="pytorch"`: every bias nonzero, so a misplaced bias is caught) and `xs: (T, B, D)`."""
+    key_params, key_xs = jax.random.split(jax.random.PRNGKey(seed))
+    params = lj.lstm(point.hidden_size, init="pytorch").init(key_params, point.input_size)
+    xs = jax.random.normal(key_xs, (point.length, point.batch_size, point.input_size), jnp.float32)
+    return jax.block_until_ready((params, xs))
+
+
+@dataclasses.dataclass
+class Runner:
+    """One library at one grid point: zero-argument calls per workload (each returns a ready result)
+    and `check(workload, result) -> (loss, grads or None)` in lstmjax's layout, as numpy."""
+
+    calls: dict[str, Callable[[], Any]]
+    check: Callable[[str, Any], tuple[float, lj.LSTMParams | None]]
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def jax_runner(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.Array, workloads: Sequence[str]) -> Runner:
+    """`jax.jit(loss)` and `jax.jit(jax.value_and_grad(loss))` of a JAX anchor, on its converted weights."""
+    anchor_params = jax.block_until_ready(jax.device_put(anchor.convert(params)))
+    compiled = {"forward": jax.jit(anchor.loss), "train": jax.jit(jax.value_and_grad(anchor.loss))}
+    calls = {w: (lambda fn=compiled[w]: jax.block_until_ready(fn(anchor_params, xs))) for w in workloads}
+
+    def check(workload: str, result: Any) -> tuple[float, lj.LSTMParams | None]:
+        if workload == "forward":
+            return float(result), None
+        loss, grads = result
+        grads = anchor.grads_to_lstmjax(grads, params.w_h.shape[0])
+        return float(loss), lj.LSTMParams(*(np.asarray(g) for g in grads))
+
+    return Runner(calls, check)
+
+
+def torch_runner(params: lj.LSTMParams, xs: jax.Array, threads: int, workloads: Sequence[str]) -> Runner:
+    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), threads)
+    calls = {"forward": run.forward, "train": run.train}
+
+    def check(workload: str, result: Any) -> tuple[float, lj.LSTMParams | None]:
+        return (float(result), None) if workload == "forward" else run.loss_and_grads(result)
+
+    return Runner({w: calls[w] for w in workloads}, check, {"threads": run.threads})
+
+
+def relative_differences(loss: float, grads: lj.LSTMParams | None, ref_loss: float,
+                         ref_grads: lj.LSTMParams | None) -> dict[str, float]:
+    """`|loss - ref| / |ref|` and, per gradient leaf, `max|g - ref| / max|ref|`."""
+    out = {"loss": abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)}
+    if grads is not None:
+        for field, g, r in zip(lj.LSTMParams._fields, grads, ref_grads, strict=True):
+            g, r = np.asarray(g, np.float64), np.asarray(r, np.float64)
+            if g.shape != r.shape:
+                raise AnchorMismatchError(f"gradient of {field} has shape {g.shape}, lstmjax's {r.shape}")
+            out[f"grad_{field}"] = float(np.max(np.abs(g - r)) / max(float(np.max(np.abs(r))), 1e-30))
+    return out
+
+
+def time_round_robin(calls: dict[str, Callable[[], Any]], repeats: int, pause: float = 0.0) -> dict[str, list[float]]:
+    """`repeats` rounds, each calling every entry once in turn, `pause` seconds of sleep before each call;
+    wall-clock seconds per call."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            if pause:
+                time.sleep(pause)
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak(shapes: Sequence[tuple[int, int, int]], repeats: int, seed: int) -> list[dict[str, Any]]:
+    """Jitted float32 `(m, k) @ (k, n)` for each shape: median seconds and GFLOP/s (`2·m·k·n` operations)."""
+    results = []
+    matmul = jax.jit(jnp.matmul)
+    for m, k, n in shapes:
+        key_a, key_b = jax.random.split(jax.random.PRNGKey(seed))
+        a = jax.random.normal(key_a, (m, k), jnp.float32)
+        b = jax.random.normal(key_b, (k, n), jnp.float32)
+        jax.block_until_ready(matmul(a, b))
+        seconds = time_round_robin({"matmul": lambda a=a, b=b: jax.block_until_ready(matmul(a, b))}, repeats)
+        median = float(np.median(seconds["matmul"]))
+        results.append({"m": m, "k": k, "n": n, "median_seconds": median,
+                        "gflops_per_second": 2e-9 * m * k * n / median})
+    return results
+
+
+def compiled_memory(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.ShapeDtypeStruct) -> dict[str, int]:
+    """XLA's memory analysis of the compiled training step (nothing is run): bytes of temporaries,
+    arguments, outputs, aliased (counted once) and `peak_bytes` = temp + argument + output - alias."""
+    step = jax.jit(jax.value_and_grad(anchor.loss))
+    stats = step.lower(anchor.convert(params), xs).compile().memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"XLA gives no memory analysis on the {jax.default_backend()} backend")
+    out = {name: int(getattr(stats, f"{name}_size_in_bytes"))
+           for name in ("temp", "argument", "output", "alias", "generated_code")}
+    out["peak_bytes"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {}
+    for dist in ("jax", "jaxlib", "flax", "equinox", "dm-haiku", "torch", "numpy", "lstmjax"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers come from."""
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": _usable_cores(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "jax_backend": jax.default_backend(), "jax_device": str(jax.devices()[0]),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": _versions()}
+
+
+def run_benchmark(config: BenchmarkConfig) -> dict:
+    """The checks, timings, matmul peak and memory; returns metrics.json's contents."""
+    points = [parse_point(p) for p in config.points]
+    threads = config.torch_threads or _usable_cores()
+    load_start = _load()
+    libraries = {"lstmjax": {"label": anchors.LABELS["lstmjax"], "status": "ok"}}
+    for name in config.anchors:
+        reason = anchors.unavailable(name)
+        libraries[name] = {"label": anchors.LABELS[name], "status": "skipped" if reason else "ok", "reason": reason}
+    variants, remat_note = remat_variants(config)
+    for name, kwargs in variants.items():
+        libraries[name] = {"label": f"lstmjax, lj.unroll(..., {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
+                           "status": "ok", "workloads": ["train"]}
+    runnable = [n for n, lib in libraries.items() if lib["status"] == "ok"]
+
+    show = config.progress and sys.stderr.isatty()
+    peak_shapes = [(n, n, n) for n in config.peak_sizes] + sorted(
+        {(p.batch_size * p.length, p.input_size + p.hidden_size, 4 * p.hidden_size) for p in points})
+    peak = matmul_peak(peak_shapes, max(3, config.repeats // 2), config.seed)
+
+    results = []
+    with tqdm(total=len(points) + len(config.memory_lengths), unit="step", desc="benchmark", disable=not show) as bar:
+        for point in points:
+            results.append(_run_point(point, config, libraries, runnable, variants, threads))
+            bar.update()
+        memory = _run_memory(config, variants, libraries, bar)
+
+    geomean = {}
+    for workload in WORKLOADS:
+        geomean[workload] = {}
+        for name in runnable:
+            ratios = [r["ratio_to_lstmjax"][workload][name] for r in results if name in r["ratio_to_lstmjax"][workload]]
+            if ratios:
+                geomean[workload][name] = float(np.exp(np.mean(np.log(ratios))))
+    return {
+        "machine": {**machine(), "load_average_start": load_start, "load_average_end": _load()},
+        "torch_threads": threads if "torch" in runnable else None,
+        "libraries": libraries,
+        "remat": remat_note,
+        "workloads": list(WORKLOADS),
+        "warmup": config.warmup, "repeats": config.repeats, "pause_ms": config.pause_ms, "rtol": config.rtol,
+        "peak": {"matmuls": peak, "gflops_per_second": max(m["gflops_per_second"] for m in peak)},
+        "points": results,
+        "geomean_ratio_to_lstmjax": geomean,
+        "memory": memory,
+        "definitions": report.DEFINITIONS,
+    }
+
+
+def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable: list[str],
+               variants: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
+    params, xs = make_inputs(point, config.seed)
+    runners: dict[str, Runner] = {}
+    errors: dict[str, str] = {}
+    for name in runnable:
+        workloads = libraries[name].get("workloads", WORKLOADS)
+        try:
+            if name == "lstmjax" or name in variants:
+                runners[name] = jax_runner(anchors.lstmjax_anchor(variants.get(name)), params, xs, workloads)
+            elif name == "torch":
+                runners[name] = torch_runner(params, xs, threads, workloads)
+            else:
+                runners[name] = jax_runner(anchors.JAX_ANCHORS[name](), params, xs, workloads)
+        except Exception as error:  # a library that cannot build this model is reported, not fatal
+            if name == "lstmjax":
+                raise
+            errors[name] = f"{type(error).__name__}: {error}"
+
+    first_call, checks, reference = {w: {} for w in WORKLOADS}, {w: {} for w in WORKLOADS}, {}
+    for workload in WORKLOADS:
+        for name, runner in list(runners.items()):
+            if workload not in runner.calls:
+                continue
+            try:
+                start = time.perf_counter()
+                result = runner.calls[workload]()
+                first_call[workload][name] = time.perf_counter() - start
+                loss, grads = runner.check(workload, result)
+            except Exception as error:
+                if name == "lstmjax":
+                    raise
+                errors[name] = f"{type(error).__name__}: {error}"
+                del runners[name]
+                continue
+            if name == "lstmjax":
+                reference[workload] = (loss, grads)
+                continue
+            differences = relative_differences(loss, grads, *reference[workload])
+            checks[workload][name] = differences
+            worst = max(differences, key=differences.get)
+            if not differences[worst] <= config.rtol:
+                raise AnchorMismatchError(
+                    f"{name} at {point.label} ({workload}) does not compute what lstmjax computes: {worst} differs by "
+                    f"{differences[worst]:.2e} relative (rtol {config.rtol:g}); all differences: {differences}")
+        for _ in range(config.warmup - 1):
+            for runner in runners.values():
+                if workload in runner.calls:
+                    runner.calls[workload]()
+
+    seconds, medians, ratios, gflops = {}, {}, {}, {}
+    for workload in WORKLOADS:
+        calls = {name: r.calls[workload] for name, r in runners.items() if workload in r.calls}
+        seconds[workload] = time_round_robin(calls, config.repeats, 1e-3 * config.pause_ms)
+        medians[workload] = {name: float(np.median(t)) for name, t in seconds[workload].items()}
+        ratios[workload] = {name: m / medians[workload]["lstmjax"] for name, m in medians[workload].items()}
+        gflops[workload] = {name: 1e-9 * lstm_flops(point, workload) / m for name, m in medians[workload].items()}
+    return {**point._asdict(), "label": point.label, "flops": {w: lstm_flops(point, w) for w in WORKLOADS},
+            "check_relative_differences": checks, "first_call_seconds": first_call, "seconds": seconds,
+            "median_seconds": medians, "ratio_to_lstmjax": ratios, "gflops_per_second": gflops, "errors": errors}
+
+
+def _run_memory(config: BenchmarkConfig, variants: dict[str, dict[str, Any]], libraries: dict, bar) -> dict:
+    key = jax.random.PRNGKey(config.seed)
+    params = lj.lstm(config.memory_hidden_size, init="pytorch").init(key, config.memory_input_size)
+    measured = {"lstmjax": anchors.lstmjax_anchor()}
+    measured.update({name: anchors.lstmjax_anchor(kwargs) for name, kwargs in variants.items()})
+    for name in config.memory_anchors:
+        if name != "none" and anchors.unavailable(name) is None:
+            measured[name] = anchors.JAX_ANCHORS[name]()
+    rows = {name: {"lengths": [], "peak_bytes": [], "temp_bytes": [], "argument_bytes": [], "output_bytes": [],
+                   "alias_bytes": []} for name in measured}
+    errors = {}
+    for length in config.memory_lengths:
+        xs = jax.ShapeDtypeStruct((length, config.memory_batch_size, config.memory_input_size), jnp.float32)
+        for name, anchor in measured.items():
+            if name in errors:
+                continue
+            try:
+                stats = compiled_memory(anchor, params, xs)
+            except Exception as error:
+                if name == "lstmjax":
+                    raise
+                errors[name] = f"{type(error).__name__}: {error}"
+                continue
+            row = rows[name]
+            row["lengths"].append(length)
+            row["peak_bytes"].append(stats["peak_bytes"])
+            for part in ("temp", "argument", "output", "alias"):
+                row[f"{part}_bytes"].append(stats[part])
+        bar.update()
+    return {"batch_size": config.memory_batch_size, "input_size": config.memory_input_size,
+            "hidden_size": config.memory_hidden_size, "lengths": list(config.memory_lengths),
+            "labels": {name: libraries.get(name, {}).get("label", anchors.LABELS.get(name, name)) for name in measured},
+            "rows": {name: row for name, row in rows.items() if row["lengths"]}, "errors": errors,
+            "input_bytes": [4 * t * config.memory_batch_size * config.memory_input_size for t in config.memory_lengths],
+            "output_bytes_per_step": 4 * config.memory_batch_size * config.memory_hidden_size}
+
+
+def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+    """Runs the benchmark from command-line arguments; returns the run's folder."""
+    config = parse_config(BenchmarkConfig, argv, prog="python -m experiments.benchmark")
+    run = record_run(config, NAME, run_benchmark, report.summary)
+    print(report.table(run.summary))
+    plots = report.plot(run.run_dir)
+    print(f"\nBenchmarked in {run.seconds:.1f} s, compilation included.")
+    print(written_files_line(run.run_dir, plots))
+    return run.run_dir
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,227 @@
+"""experiments.benchmark: every other library computes exactly lstmjax's LSTM (loss and gradient, same
+weights), the benchmark refuses to time a library that does not, and a tiny run writes its files.
+
+Libraries that are not installed are skipped with the reason (`pip install -e '.[benchmark]'`;
+PyTorch: `pip install torch==2.13.0`). No timing is asserted here: timings go in the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_trees_all_close
+
+import lstmjax as lj
+from experiments import _benchmark_anchors as anchors
+from experiments import benchmark as bm
+from experiments._config_cli import parse_config
+from experiments._results import write_json_atomic
+
+POINT = bm.Point(batch_size=3, length=7, input_size=4, hidden_size=5)
+
+
+def _skip_unless_available(name: str) -> None:
+    reason = anchors.unavailable(name)
+    if reason is not None:
+        pytest.skip(f"{name}: {reason}")
+
+
+def _reference(params, xs):
+    """lstmjax's loss and gradient, written here from the public API."""
+    cell = lj.lstm(POINT.hidden_size)
+    loss = lambda p: jnp.mean(lj.unroll(cell, p, xs)[1] ** 2)
+    return jax.value_and_grad(loss)(params)
+
+
+def _runner(name, params, xs):
+    if name == "torch":
+        return bm.torch_runner(params, xs, threads=1, workloads=bm.WORKLOADS)
+    return bm.jax_runner(anchors.JAX_ANCHORS[name](), params, xs, bm.WORKLOADS)
+
+
+@pytest.mark.parametrize("name", anchors.ANCHORS)
+def test_each_library_computes_lstmjaxs_loss_and_gradient(name):
+    """The core of the benchmark: the same weights give the same loss and the same gradient (converted
+    back to lstmjax's layout), through the very calls the benchmark times. Every bias is nonzero
+    (`init="pytorch"`), so a misplaced gate block or bias (Haiku's i, g, f, o order and its +1 on
+    the forget gate) would show."""
+    _skip_unless_available(name)
+    params, xs = bm.make_inputs(POINT, seed=3)
+    assert np.all(np.abs(np.asarray(params.b)) > 0)
+    want_loss, want_grads = _reference(params, xs)
+    runner = _runner(name, params, xs)
+    loss, grads = runner.check("train", runner.calls["train"]())
+    np.testing.assert_allclose(loss, float(want_loss), rtol=1e-6)
+    assert_trees_all_close(grads, lj.LSTMParams(*(np.asarray(g) for g in want_grads)), rtol=1e-5, atol=1e-7)
+    forward_loss, _ = runner.check("forward", runner.calls["forward"]())
+    np.testing.assert_allclose(forward_loss, float(want_loss), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in anchors.ANCHORS if n != "torch"])
+def test_each_jax_library_agrees_at_every_step(name):
+    """Beyond one scalar: the gradient with respect to every input `xs[t]` agrees, so every step's
+    computation is the same, not only their total."""
+    _skip_unless_available(name)
+    params, xs = bm.make_inputs(POINT, seed=4)
+    anchor = anchors.JAX_ANCHORS[name]()
+    reference = anchors.lstmjax_anchor()
+    grad_xs = jax.grad(anchor.loss, argnums=1)(anchor.convert(params), xs)
+    want = jax.grad(lambda x: jnp.mean(lj.unroll(lj.lstm(POINT.hidden_size), params, x)[1] ** 2))(xs)
+    assert np.all(np.abs(np.asarray(want)) > 0)
+    np.testing.assert_allclose(grad_xs, want, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(anchor.loss(anchor.convert(params), xs), reference.loss(params, xs), rtol=1e-6)
+
+
+def test_torch_outputs_equal_lstmjaxs():
+    torch = pytest.importorskip("torch", reason="PyTorch: pip install torch==2.13.0")
+    params, xs = bm.make_inputs(POINT, seed=5)
+    module = torch.nn.LSTM(POINT.input_size, POINT.hidden_size)
+    module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in lj.to_torch(params).items()})
+    with torch.no_grad():
+        ys, _ = module(torch.from_numpy(np.array(xs)))
+    _, want = lj.unroll(lj.lstm(POINT.hidden_size), params, xs)
+    np.testing.assert_allclose(ys.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_library_computing_something_else_is_refused(monkeypatch):
+    """Swap two gate blocks in Equinox's conversion: the benchmark must stop before timing it."""
+    _skip_unless_available("equinox")
+    honest = anchors.equinox_anchor
+
+    def swapped_gates():
+        anchor = honest()
+
+        def convert(params):
+            h = params.w_h.shape[0]
+            swap = lambda a: jnp.concatenate([a[..., h:2 * h], a[..., :h], a[..., 2 * h:]], axis=-1)
+            return anchor.convert(lj.LSTMParams(swap(params.w_x), swap(params.w_h), swap(params.b)))
+
+        return dataclasses.replace(anchor, convert=convert)
+
+    monkeypatch.setitem(anchors.JAX_ANCHORS, "equinox", swapped_gates)
+    config = bm.BenchmarkConfig(points=("3x7x4x5",), anchors=("equinox",), warmup=1, repeats=1,
+                                peak_sizes=(8,), memory_lengths=(5,), memory_anchors=("none",), progress=False)
+    with pytest.raises(bm.AnchorMismatchError, match="equinox at B=3 T=7 D=4 H=5"):
+        bm.run_benchmark(config)
+
+
+def test_relative_differences():
+    grads = lj.LSTMParams(np.ones((2, 4)), np.ones((1, 4)), np.arange(4.0))
+    same = bm.relative_differences(2.0, grads, 2.0, grads)
+    assert same == {"loss": 0.0, "grad_w_x": 0.0, "grad_w_h": 0.0, "grad_b": 0.0}
+    off = bm.relative_differences(2.2, grads._replace(b=grads.b + 0.3), 2.0, grads)
+    assert off["loss"] == pytest.approx(0.1) and off["grad_b"] == pytest.approx(0.1)
+    with pytest.raises(bm.AnchorMismatchError, match="gradient of w_h"):
+        bm.relative_differences(2.0, grads._replace(w_h=np.ones((4, 1))), 2.0, grads)
+
+
+def test_a_tiny_run_writes_everything(tmp_path, capsys):
+    argv = ["--points", "2x5x3x4", "--warmup", "2", "--repeats", "2", "--peak-sizes", "16",
+            "--memory-lengths", "10", "100", "--memory-anchors", "none", "--torch-threads", "1",
+            "--results-dir", str(tmp_path), "--run", "tiny", "--no-progress"]
+    run_dir = bm.main(argv)
+    printed = capsys.readouterr().out
+    assert run_dir == tmp_path / "benchmark" / "tiny"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "memory.png", "metrics.json", "summary.json",
+                                                         "times.png"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    available = ["lstmjax"] + [n for n in anchors.ANCHORS if anchors.unavailable(n) is None]
+    skipped = [n for n in anchors.ANCHORS if anchors.unavailable(n) is not None]
+    assert [n for n, lib in metrics["libraries"].items() if lib["status"] == "ok"][:len(available)] == available
+    assert all(metrics["libraries"][n]["reason"] for n in skipped)
+    (point,) = metrics["points"]
+    assert point["errors"] == {}
+    for workload in ("forward", "train"):
+        assert set(available) <= set(point["median_seconds"][workload])
+        assert all(len(t) == 2 for t in point["seconds"][workload].values())
+        assert point["ratio_to_lstmjax"][workload]["lstmjax"] == 1.0
+        for name, differences in point["check_relative_differences"][workload].items():
+            assert max(differences.values()) <= 1e-4, name
+        assert point["flops"][workload] == bm.lstm_flops(bm.Point(2, 5, 3, 4), workload)
+    checked = {n for n in point["check_relative_differences"]["train"] if "[" not in n}  # "[": lstmjax's remat rows
+    assert checked == set(available) - {"lstmjax"}
+    assert metrics["peak"]["gflops_per_second"] > 0
+    lstmjax_memory = metrics["memory"]["rows"]["lstmjax"]
+    assert lstmjax_memory["lengths"] == [10, 100]
+    assert lstmjax_memory["peak_bytes"][1] > lstmjax_memory["peak_bytes"][0] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {r["library"] for r in summary["rows"]} >= set(available)
+    assert "geometric mean of ratios" in printed and "Training-step memory" in printed
+    for name in skipped:
+        assert f"skipped {name}" in printed
+
+
+def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
+    """The harness reads `lj.unroll`'s signature at run time: a `remat` parameter adds a training row and
+    a memory row `lstmjax[remat=True]`, checked against plain lstmjax like any other library."""
+    original = lj.unroll
+    seen = []
+
+    def unroll_with_remat(cell, params, xs, remat=False, **kwargs):
+        seen.append(remat)
+        return original(cell, params, xs, **kwargs)
+
+    monkeypatch.setattr(lj, "unroll", unroll_with_remat)
+    assert "remat" in inspect.signature(lj.unroll).parameters
+    config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=(), warmup=1, repeats=1, peak_sizes=(8,),
+                                memory_lengths=(10,), memory_anchors=("none",), progress=False)
+    metrics = bm.run_benchmark(config)
+    assert True in seen
+    (point,) = metrics["points"]
+    assert "lstmjax[remat=True]" in point["median_seconds"]["train"]
+    assert "lstmjax[remat=True]" not in point["median_seconds"]["forward"]
+    assert point["check_relative_differences"]["train"]["lstmjax[remat=True]"]["loss"] <= 1e-6
+    assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]"}
+    monkeypatch.setattr(lj, "unroll", lambda cell, params, xs: original(cell, params, xs))
+    variants, note = bm.remat_variants(config)
+    assert variants == {} and "no remat parameter" in note
+    monkeypatch.setattr(lj, "unroll", unroll_with_remat)
+    variants, _ = bm.remat_variants(dataclasses.replace(config, remat_values=("False", "16", "True")))
+    assert variants == {"lstmjax[remat=16]": {"remat": 16}, "lstmjax[remat=True]": {"remat": True}}
+
+
+def test_flops_points_and_bad_configs():
+    point = bm.parse_point("32x100x32x128")
+    assert point == bm.Point(32, 100, 32, 128) and point.label == "B=32 T=100 D=32 H=128"
+    assert bm.lstm_flops(point, "forward") == 2 * 32 * 100 * 160 * 512
+    assert bm.lstm_flops(point, "train") == 3 * bm.lstm_flops(point, "forward")
+    for argv in (["--points", "32x100x32"], ["--points", "0x1x1x1"], ["--anchors", "jax"], ["--repeats", "0"],
+                 ["--rtol", "0"], ["--memory-anchors", "torch"], ["--memory-anchors", "none", "flax"],
+                 ["--remat-values", "not a literal"], ["--pause-ms", "-1"]):
+        with pytest.raises(SystemExit) as error:
+            parse_config(bm.BenchmarkConfig, argv)
+        assert error.value.code == 2, argv
+
+
+def test_missing_and_broken_libraries_are_reported_not_fatal(monkeypatch, tmp_path):
+    """A library that does not import is skipped with its reason; one that fails to build the model is
+    recorded as an error at that point; the others (here lstmjax alone) are still timed, tabled and drawn."""
+    real_unavailable = anchors.unavailable
+    monkeypatch.setattr(anchors, "unavailable",
+                        lambda name: "import failed: ImportError: test" if name == "haiku" else real_unavailable(name))
+
+    def broken():
+        raise RuntimeError("cannot build")
+
+    monkeypatch.setitem(anchors.JAX_ANCHORS, "flax", broken)
+    config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=("haiku", "flax"), warmup=1, repeats=1,
+                                peak_sizes=(8,), memory_lengths=(10,), memory_anchors=("haiku",), progress=False)
+    metrics = bm.run_benchmark(config)
+    assert metrics["libraries"]["haiku"] == {"label": anchors.LABELS["haiku"], "status": "skipped",
+                                             "reason": "import failed: ImportError: test"}
+    (point,) = metrics["points"]
+    assert point["errors"] == {"flax": "RuntimeError: cannot build"}
+    assert set(point["median_seconds"]["train"]) == {"lstmjax"} | {n for n in point["median_seconds"]["train"]
+                                                                     if n.startswith("lstmjax[")}
+    assert set(metrics["memory"]["rows"]) <= {"lstmjax", "lstmjax[remat=True]"}
+    printed = bm.report.table(bm.report.summary(metrics))
+    assert "skipped haiku: import failed: ImportError: test" in printed
+    assert "failed flax at B=2 T=5 D=3 H=4: RuntimeError: cannot build" in printed
+    write_json_atomic(tmp_path / "metrics.json", metrics)
+    assert [p.name for p in bm.report.plot(tmp_path)] == ["times.png", "memory.png"]
