@@ -1,7 +1,9 @@
 """Training with any Optax optimizer: a `TrainState` pytree and a pure, jittable train step.
 
-The step is a pure function of `(state, batch)`, so `jax.jit` compiles it once and `jax.vmap`
-trains several independent models (seeds, hyperparameters) in one compiled program:
+The step is a pure function of `(state, batch)`, so `jax.jit` compiles it once; several
+independent models (seeds, hyperparameters) train by `lj.map_seeds` over a function that runs
+one whole training (a loop over one compiled program on a CPU, where that measured faster than
+`jax.vmap`; one vmapped program on an accelerator):
 
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
     state = lj.init_train_state(params, optimizer, jax.random.PRNGKey(0))
@@ -66,8 +68,8 @@ def make_train_step(
         optimizer: any `optax.GradientTransformation` (chains with clipping and schedules too).
 
     Returns:
-        A pure function; wrap it in `jax.jit` (it compiles once per batch shape), or
-        `jax.jit(jax.vmap(...))` over stacked states to train several models at once. A
+        A pure function; wrap it in `jax.jit` (it compiles once per batch shape); it also
+        vmaps over stacked states, which `lj.map_seeds(..., strategy="vmap")` uses. A
         non-finite loss or gradient skips the update and reports `metrics.finite = False`.
     """
 
