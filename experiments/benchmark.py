@@ -28,7 +28,7 @@ different computations. Libraries that are not installed (or fail to import) are
 the reason in the table and in `metrics.json`.
 
 Timing: after `--warmup` calls (the first one compiles and is checked), `--repeats` rounds in
-which every library is called once in turn (round-robin, so that load from other processes
+which every library is called once in turn (round-robin, the order rotated each round, so that load from other processes
 falls on all of them alike), each call preceded by a `--pause-ms` sleep (the worker threads of
 XLA and of PyTorch's OpenMP spin for a while after a call; on 2 cores under load, without the pause,
 the library called right after PyTorch ran about 1.5 times slower) and ended by
@@ -281,11 +281,14 @@ def relative_differences(loss: float, grads: lj.LSTMParams | None, ref_loss: flo
 
 
 def time_round_robin(calls: dict[str, Callable[[], Any]], repeats: int, pause: float = 0.0) -> dict[str, list[float]]:
-    """`repeats` rounds, each calling every entry once in turn, `pause` seconds of sleep before each call;
-    wall-clock seconds per call."""
+    """`repeats` rounds, each calling every entry once in turn (the order rotated by one each round),
+    `pause` seconds of sleep before each call; wall-clock seconds per call."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
+    names = list(calls)
+    for round_index in range(repeats):
+        shift = round_index % len(names)  # rotate the order, so no library always follows the same one
+        for name in names[shift:] + names[:shift]:
+            call = calls[name]
             if pause:
                 time.sleep(pause)
             start = time.perf_counter()

@@ -23,16 +23,17 @@ score of a model that remembers nothing (`lj.ADDING_BASELINE_MSE`, `lj.copy_memo
   output (`lengths`), test cross-entropy (baseline ln 4); also the accuracy (chance 1/4).
 
 The default run is the adding problem alone, because it shows the picture within minutes: the
-tanh RNN stays at the baseline at every T while the LSTM (and the GRU) get below 1% of it. The
-copy task needs far more steps (the LSTM at T = 50 after 3000 steps: 0.251 vs the baseline
-0.297, recall accuracy 0.24), and temporal order has its own lengths (T >= 61; its relevant
+tanh RNN stays at the baseline at every T while the LSTM (and the GRU) get, on average over
+the seeds, below 1% of it. The copy task needs far more steps (the LSTM at T = 50 after 3000
+steps: 0.251 vs the baseline 0.297, recall accuracy 0.24), and temporal order has its own lengths (T >= 61; its relevant
 positions do not move with T) and learning rate: at Adam's 0.01 the LSTM collapses to the
 memoryless answer, at 0.001 (its entry in `TASK_LEARNING_RATES`) it learns it.
 
 A seed "beats the baseline" when its test metric is below `BEATS_BASELINE` (0.9) times the
 baseline. Each (task, T, cell) is its own compiled program (`train`), trained on unpadded
 batches of exactly its length, its steps in `lax.scan` and its seeds mapped by `lj.map_seeds`
-(one after another on a CPU, vmapped on an accelerator: the same numbers).
+(one after another on a CPU, vmapped on an accelerator: the same numbers up to float rounding,
+which training can amplify).
 
 Seed `s` splits `PRNGKey(s)` in three: the weights (`init_model`), the `TrainState` key and the
 training batches; the test batch of (task, T) is drawn from `fold_in(PRNGKey(TEST_KEY), T)`
@@ -258,7 +259,8 @@ def train(task: str, length: int, cell: lj.Cell, seeds: Sequence[int], config: L
     trains on `make_batch(task, split(data_key, train_steps)[k], batch_size, length)`, unpadded
     (`lj.make_train_step` with `evaluate`'s metric as the loss; Adam at `learning_rate(config, task)`
     after `clip_by_global_norm(clip_norm)`); the steps run in `lax.scan`. The seeds go through
-    `lj.map_seeds` (a loop over seeds on a CPU, `vmap` on an accelerator: the same numbers).
+    `lj.map_seeds` (a loop over seeds on a CPU, `vmap` on an accelerator: the same numbers up to
+    float rounding, which training can amplify).
 
     Returns:
         NumPy arrays with a leading seed axis `S = len(seeds)`: `params` (the trained models), `loss`

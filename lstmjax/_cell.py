@@ -98,8 +98,8 @@ def make_cell(
     """Builds a `Cell` from a family's `step_with_internals(params, state, x, hidden_size)`.
 
     `step` is the same function with the internals dropped; under `jit` XLA removes the work
-    that only the internals needed, so the equations are written once per family. `fused`, a
-    `FusedRecurrence` of the same equations, is bound to this `step` (see `lstmjax._fused`).
+    that only the internals needed, so the equations are written once per family. `fused` is a
+    `FusedRecurrence` of the same equations (see `lstmjax._fused`), used while `is_as_built(cell)`.
     """
 
     def step_with_internals_of_cell(params, state, x):
@@ -109,6 +109,13 @@ def make_cell(
         state, y, _ = step_with_internals(params, state, x, hidden_size)
         return state, y
 
+    step.built_with = step_with_internals_of_cell
     return Cell(init=init, initial_state=initial_state, step=step, step_with_internals=step_with_internals_of_cell,
-                output=output, hidden_size=hidden_size, name=name,
-                fused=None if fused is None else fused._replace(step=step))
+                output=output, hidden_size=hidden_size, name=name, fused=fused)
+
+
+def is_as_built(cell: Cell) -> bool:
+    """Whether `cell` still has the `step` and `step_with_internals` that `make_cell` gave it together:
+    only then may `lj.unroll` run its `fused` equations or cache its compilation (a replaced
+    function may differ from the family's equations, or read state that changes)."""
+    return getattr(cell.step, "built_with", None) is cell.step_with_internals

@@ -21,16 +21,18 @@ cotangent, and step 2 into single large matrix multiplies (`dw_h = Σ_t h_{t-1}�
 A family opts in by giving its `lj.Cell` a `FusedRecurrence` (see `make_cell`); `lj.unroll` takes
 this path for the cells that have one, from the family's `min_hidden_size` up, with or without
 `lengths`/`mask`, in either direction and under `remat`, and falls back to the step-by-step scan
-for `resets` and for every other cell. Thresholds come from measurements, not from the theory:
-on a 2-core AMD EPYC CPU (XLA:CPU, jax 0.10.2, one jitted loss-and-gradient, B = 32, D = 32,
-T = 100 unless noted, median CPU time of 15 interleaved rounds, fast ÷ step-by-step):
+for `resets`, for `lj.unroll_with_internals`, for a cell whose `step` or `step_with_internals`
+was replaced (`lstmjax._cell.is_as_built`) and for every other cell. Thresholds come
+from measurements, not from the theory: on a 2-core AMD EPYC CPU (XLA:CPU, jax 0.10.2, one
+jitted loss-and-gradient, B = 32, D = 32, T = 100 unless noted, median CPU time of 15
+interleaved rounds, fast ÷ step-by-step):
 
-    LSTM  H = 64: 1.01   H = 128: 0.73   H = 256: 0.98   H = 512 (T = 50): 0.91   -> from H = 128
+    LSTM  H = 64: 1.01   H = 128: 0.73   H = 256: 0.98*  H = 512 (T = 50): 0.91   -> from H = 128
     RNN   H = 128: 1.03  H = 256: 0.77   H = 512 (T = 50): 0.96                   -> from H = 256
     GRU   H = 128: 1.01  H = 256: 1.15   H = 512 (T = 50): 1.06                   -> no fast path
 
-Below those sizes, and for the GRU (whose reset gate keeps two `(T, ..., 3H)` tangent arrays
-alive), the passes over `(T, ..., G)` arrays outside the loop cost more than the lighter
+(* within run-to-run noise.) Below those sizes, and for the GRU (whose reset gate keeps two
+`(T, ..., 3H)` tangent arrays alive), the passes over `(T, ..., G)` arrays outside the loop cost more than the lighter
 backward loop saves. On accelerators these numbers have not been measured.
 """
 
@@ -67,8 +69,6 @@ class FusedRecurrence(NamedTuple):
         min_hidden_size: the fast path is used from this `H` up. Below it the step-by-step scan
             was faster in our measurements (the extra passes over `(T, ..., G)` arrays outside the
             loop cost more than the smaller backward loop saves when each step's work is small).
-        step: the `Cell.step` these equations belong to; `lj.unroll` uses the fast path only while
-            the cell's `step` is still this function (a cell whose `step` was replaced falls back).
     """
 
     weights: Callable[[Any], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]]
@@ -77,7 +77,6 @@ class FusedRecurrence(NamedTuple):
     hidden: Callable[[Any], jax.Array]
     additive: bool = False
     min_hidden_size: int = 1
-    step: Callable | None = None
 
 
 def fused_unroll(recurrence: FusedRecurrence, params: Any, xs: jax.Array, state: Any,

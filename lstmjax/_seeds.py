@@ -41,7 +41,7 @@ def map_seeds(fn: Callable[[Any], Any], seeds: Any, strategy: Literal["auto", "v
     faster. As whole programs (the steps in one `lax.scan`), `map_seeds(..., "vmap")` took
     15.8 s and `map_seeds(..., "loop")` 7.8 s (2.0x, on a loaded machine). The experiments
     agree: `experiments.stocks` 14.8 s looped vs 16.6 s vmapped, `experiments.vanishing_gradients`
-    about 13% less CPU time looped (experiments/README.md). On an accelerator a single small model
+    56 s vs 66 s of CPU time (experiments/README.md). On an accelerator a single small model
     leaves most of the device idle, and vmapping the seeds is the standard way to fill it, so
     `"auto"` vmaps there (not measured here: this project's machine has no accelerator).
 
@@ -50,9 +50,12 @@ def map_seeds(fn: Callable[[Any], Any], seeds: Any, strategy: Literal["auto", "v
             hyperparameters: whatever `seeds[k]` is), returning a pytree of arrays.
         seeds: an array or pytree of arrays, every leaf with the same leading axis K >= 1:
             shape `(K, ...)` (for example `(K,)` int seeds, `(K, 2)` raw PRNG keys or `(K,)`
-            typed keys). A list, tuple or range of Python ints is taken as an int array `(K,)`.
+            typed keys). A list, tuple or range of Python ints is taken as an int array `(K,)`,
+            and a list of arrays of one shape (such as PRNG keys) as their stack: a list is a
+            list of rows, while a tuple or dict is a pytree of columns, each `(K, ...)`.
         strategy: `"vmap"`, `"loop"` or `"auto"` (`"loop"` when `jax.default_backend()` is
-            `"cpu"`, else `"vmap"`).
+            `"cpu"`, else `"vmap"`). Inside a transformation (seeds that are tracers, e.g. under
+            an outer `jax.jit`), `"loop"` runs as `lax.map`: one compiled body, run K times.
 
     Returns:
         `fn`'s output pytree, every leaf stacked along a new leading axis: shape `(K, ...)`.
@@ -69,6 +72,8 @@ def map_seeds(fn: Callable[[Any], Any], seeds: Any, strategy: Literal["auto", "v
     count = seed_count(seeds)
     if strategy == "vmap":
         return jax.jit(jax.vmap(fn))(seeds)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(seeds)):
+        return jax.lax.map(fn, seeds)
     jitted = jax.jit(fn)
     results = [jitted(jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], seeds)) for k in range(count)]
     return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *results)
@@ -111,10 +116,18 @@ def seed_count(seeds: Any) -> int:
 
 
 def _as_rows(seeds: Any) -> Any:
-    """A range, list or tuple of Python ints as an int array `(K,)`; anything else unchanged."""
+    """A range, list or tuple of Python ints as an int array `(K,)`; a list of arrays of one shape
+    (such as PRNG keys) as their stack `(K, ...)`: a list is a list of rows. Anything else (a
+    tuple or dict of columns, an array) is unchanged."""
     if isinstance(seeds, range) or (
         isinstance(seeds, (list, tuple)) and seeds
         and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds)
     ):
         return jnp.asarray(list(seeds), dtype=jnp.int32)
+    if isinstance(seeds, list) and seeds and all(isinstance(s, (jax.Array, np.ndarray)) for s in seeds):
+        shapes = sorted({tuple(jnp.shape(s)) for s in seeds})
+        if len(shapes) > 1:
+            raise ValueError(f"seeds given as a list must be rows of one shape, got shapes {shapes}; "
+                             "expected e.g. a list of PRNG keys, or one array (K, ...)")
+        return jnp.stack(seeds)
     return seeds

@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 
 import lstmjax as lj
 from lstmjax import _fused
+from lstmjax._cell import is_as_built
 
 T, BATCH, INPUT, HIDDEN = 7, 3, 2, 4
 LENGTHS = np.array([7, 3, 0])
@@ -22,7 +23,8 @@ MASK = np.array([[1, 0, 1, 1, 0, 1, 1], [0, 1, 1, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1
 OPTIONS = {
     "plain": {},
     "lengths_reverse": {"lengths": LENGTHS, "reverse": True},
-    "mask": {"mask": MASK},
+    "mask_reverse": {"mask": MASK, "reverse": True},
+    "remat_chunk3": {"remat": 3},
     "remat_chunk3_lengths_reverse": {"remat": 3, "lengths": LENGTHS, "reverse": True},
 }
 
@@ -71,7 +73,19 @@ def test_built_in_cells_have_a_fast_path_where_it_won(name):
         assert cell.fused is None
         return
     assert isinstance(cell.fused, _fused.FusedRecurrence)
-    assert cell.fused.step is cell.step
+    assert is_as_built(cell)
+
+
+@pytest.mark.parametrize("factory, threshold", [(lj.lstm, 128), (lambda h: lj.rnn(h, activation="relu"), 256)])
+def test_fast_path_switches_on_at_the_measured_size(factory, threshold, monkeypatch):
+    calls = []
+    original = _fused.fused_unroll
+    monkeypatch.setattr("lstmjax._unroll.fused_unroll", lambda *args: calls.append(1) or original(*args))
+    for hidden, expected in ((threshold - 1, 0), (threshold, 1)):
+        cell = factory(hidden)
+        params = cell.init(jax.random.PRNGKey(0), 2)
+        jax.jit(lambda p, xs, c=cell: lj.unroll(c, p, xs))(params, jnp.ones((3, 1, 2)))
+        assert len(calls) == expected, hidden
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
@@ -173,20 +187,23 @@ def test_fast_path_is_taken_only_where_it_applies(cell, monkeypatch):
     assert len(calls) == 1
 
 
-def test_a_cell_whose_step_was_replaced_falls_back_to_its_step():
-    """Replacing `step` must not leave the old equations running behind the user's back."""
+def test_a_cell_whose_functions_were_replaced_falls_back_to_them():
+    """Replacing `step_with_internals` (which the step-by-step scan calls) or `step` must not leave
+    the family's equations running behind the user's back."""
     cell = _always_fused(lj.lstm(HIDDEN))
-    doubled = cell._replace(
-        step=lambda params, state, x: cell.step(params, state, 2.0 * x),
-        step_with_internals=lambda params, state, x: cell.step_with_internals(params, state, 2.0 * x))
     params, xs, _ = _problem(cell, jnp.float32)
+    doubled = cell._replace(
+        step_with_internals=lambda params, state, x: cell.step_with_internals(params, state, 2.0 * x))
+    assert not is_as_built(doubled)
     assert_trees_all_close(lj.unroll(doubled, params, xs), lj.unroll(cell, params, 2.0 * xs), rtol=1e-6, atol=1e-6)
+    assert not is_as_built(cell._replace(step=lambda params, state, x: cell.step(params, state, 2.0 * x)))
 
 
-def test_remat_gives_the_same_gradients_with_less_memory():
+@pytest.mark.parametrize("hidden", [32, 128], ids=["step_by_step", "fast_path"])
+def test_remat_gives_the_same_gradients_with_less_memory(hidden):
     """T = 2000: the compiled training step's temporary memory shrinks several-fold (XLA's own
-    memory analysis of the compiled program, deterministic; no timing)."""
-    cell = lj.lstm(32)
+    memory analysis of the compiled program, deterministic; no timing), on both paths."""
+    cell = lj.lstm(hidden)
     params = cell.init(jax.random.PRNGKey(0), 8)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2000, 4, 8))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from helpers import assert_trees_all_close
@@ -137,3 +138,24 @@ def test_bad_arguments_are_refused(seeds, strategy, message):
 def test_fn_must_be_callable():
     with pytest.raises(TypeError, match="fn must be callable, got int"):
         lj.map_seeds(3, jnp.arange(2))
+
+
+def test_a_list_of_keys_is_a_list_of_rows():
+    keys = [jax.random.PRNGKey(k) for k in range(3)]
+    rows = lj.map_seeds(lambda key: jax.random.normal(key, ()), keys, strategy="loop")
+    assert rows.shape == (3,)
+    np.testing.assert_allclose(rows, [float(jax.random.normal(k, ())) for k in keys])
+    with pytest.raises(ValueError, match="seeds given as a list must be rows of one shape"):
+        lj.map_seeds(lambda x: x, [jnp.zeros(2), jnp.zeros(3)])
+
+
+def test_loop_inside_jit_runs_one_body_k_times():
+    traces = []
+
+    def fn(seed):
+        traces.append(1)
+        return seed * 2.0
+
+    out = jax.jit(lambda seeds: lj.map_seeds(fn, seeds, strategy="loop"))(jnp.arange(5.0))
+    np.testing.assert_allclose(out, 2.0 * np.arange(5.0))
+    assert len(traces) == 1

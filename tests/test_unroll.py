@@ -101,24 +101,44 @@ def test_output_is_a_function_of_the_state(cell):
     assert_trees_all_close(cell.output(new_state), y, rtol=0, atol=0)
 
 
-def test_eager_calls_compile_once_and_still_check_values():
-    """Outside `jit`, repeated calls with the same shapes reuse one compiled scan; the concrete
-    value checks (lengths within [0, T]) still run on every call."""
-    traces = []
-    base = lj.lstm(4)
+def test_eager_calls_on_a_built_in_cell_compile_once_and_still_check_values():
+    """Outside `jit`, repeated calls with the same shapes reuse one compiled scan (and give the
+    answers of the new inputs); the concrete value checks (lengths in [0, T]) still run."""
+    from lstmjax._unroll import _run_compiled
 
-    def counting_step_with_internals(params, state, x):
-        traces.append(1)
-        return base.step_with_internals(params, state, x)
-
-    cell = base._replace(step_with_internals=counting_step_with_internals, fused=None)
+    cell = lj.lstm(4)
     params = cell.init(jax.random.PRNGKey(0), 3)
     xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, 3))
-    first = lj.unroll(cell, params, xs, lengths=jnp.array([5, 2]))
-    after_first = len(traces)
-    again = lj.unroll(cell, params, xs, lengths=jnp.array([5, 2]))
-    lj.unroll(cell, params, 2.0 * xs, lengths=jnp.array([1, 3]))
-    assert len(traces) == after_first > 0
-    assert_trees_all_close(again, first)
+    lj.unroll(cell, params, xs, lengths=jnp.array([5, 2]))
+    compiled = _run_compiled._cache_size()
+    again = lj.unroll(cell, params, 2.0 * xs, lengths=jnp.array([1, 3]))
+    assert _run_compiled._cache_size() == compiled
+    assert_trees_all_close(again, jax.jit(lambda p, xs, n: lj.unroll(cell, p, xs, lengths=n))(
+        params, 2.0 * xs, jnp.array([1, 3])))
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T=5\], got values from 2 to 6"):
         lj.unroll(cell, params, xs, lengths=jnp.array([2, 6]))
+
+
+def test_eager_calls_on_a_hand_made_cell_see_what_its_functions_read_now():
+    """A cell with replaced functions is traced afresh on every eager call (never cached), so a
+    step that reads changing state, or params holding a Python number, behaves as before."""
+    rnn = lj.rnn(3)
+    scale = [1.0]
+
+    def as_rnn_params(params):
+        return lj.RNNParams(params["w_x"], params["w_h"], params["b"])
+
+    def step_with_internals(params, h, x):
+        return rnn.step_with_internals(as_rnn_params(params), h, scale[0] * params["gain"] * x)
+
+    cell = rnn._replace(
+        initial_state=lambda params, batch_shape=(): rnn.initial_state(as_rnn_params(params), batch_shape),
+        step=lambda params, h, x: step_with_internals(params, h, x)[:2], step_with_internals=step_with_internals)
+    weights = rnn.init(jax.random.PRNGKey(0), 2)
+    params = {"w_x": weights.w_x, "w_h": weights.w_h, "b": weights.b, "gain": 1}  # a Python int leaf
+    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 1, 2))
+    first = lj.unroll(cell, params, xs)
+    scale[0] = 2.0
+    second = lj.unroll(cell, params, xs)
+    assert_trees_all_close(first, lj.unroll(rnn, weights, xs), rtol=1e-6, atol=1e-6)
+    assert_trees_all_close(second, lj.unroll(rnn, weights, 2.0 * xs), rtol=1e-6, atol=1e-6)
