@@ -41,7 +41,7 @@ training batches; the test batch of (task, T) is drawn from `fold_in(PRNGKey(TES
 
     cells, cell_descriptions, tasks, lengths, seeds, hidden_size, init, train_steps, batch_size,
     test_size, learning_rate (the --learning-rate given, or null), learning_rates[task] (used),
-    clip_norm, metric_names, definitions
+    clip_norm, seed_strategy, backend (jax.default_backend()), metric_names, definitions
     baselines[task][str(T)]: the memoryless value of the task's test metric
     runs[task][str(T)][cell]: loss [seed][step], grad_norm [seed][step], test_metric_init [seed],
         test_metric [seed], and for copy / temporal_order test_accuracy [seed]
@@ -112,6 +112,8 @@ class LongRangeConfig:
         results_dir: root folder; the run is written to <results_dir>/long_range/<run>/.
         run: name of the run's folder; default: the UTC time the run starts.
         overwrite: replace an existing run folder of the same name instead of refusing.
+        seed_strategy: how lj.map_seeds runs the seeds: loop (one jitted program called per seed), vmap
+            (all seeds in one vmapped program) or auto (loop on a CPU, vmap on an accelerator).
         progress: show a progress bar over the (task, T, cell) programs (only when stderr is a terminal).
     """
 
@@ -129,6 +131,7 @@ class LongRangeConfig:
     results_dir: str = "results"
     run: str | None = None
     overwrite: bool = False
+    seed_strategy: Literal["auto", "vmap", "loop"] = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -161,6 +164,8 @@ class LongRangeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        if self.seed_strategy not in ("auto", "vmap", "loop"):
+            raise ValueError(f"seed_strategy must be auto, vmap or loop, got {self.seed_strategy!r}")
         if self.init not in lj.INIT_PRESETS:
             raise ValueError(f"init must be one of {lj.INIT_PRESETS}, got {self.init!r}")
 
@@ -282,7 +287,7 @@ def train(task: str, length: int, cell: lj.Cell, seeds: Sequence[int], config: L
                 "test_metric_init": evaluate(cell, task, model, test)[0], "test_metric": test_metric,
                 "test_accuracy": test_accuracy}
 
-    return jax.device_get(lj.map_seeds(one_seed, jnp.asarray(seeds, jnp.int32)))
+    return jax.device_get(lj.map_seeds(one_seed, jnp.asarray(seeds, jnp.int32), strategy=config.seed_strategy))
 
 
 # The experiment ------------------------------------------------------------------------------
@@ -327,6 +332,8 @@ def run_experiment(config: LongRangeConfig, keep_params: bool = False) -> dict:
         "learning_rate": config.learning_rate,
         "learning_rates": {task: learning_rate(config, task) for task in config.tasks},
         "clip_norm": config.clip_norm,
+        "seed_strategy": config.seed_strategy,
+        "backend": jax.default_backend(),
         "metric_names": {task: METRIC_NAMES[task] for task in config.tasks},
         "beats_baseline_fraction": report.BEATS_BASELINE,
         "baselines": baselines,

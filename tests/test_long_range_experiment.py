@@ -212,3 +212,16 @@ def test_the_lstm_learns_temporal_order_at_learning_rate_1e_3_but_not_at_1e_2():
     assert min(slow["test_accuracy"]) > 0.95, slow
     fast = lr.run_experiment(dataclasses.replace(config, learning_rate=0.01))["runs"]["temporal_order"]["100"]["lstm"]
     assert min(fast["test_metric"]) > 0.9 * lj.TEMPORAL_ORDER_BASELINE_CROSS_ENTROPY, fast
+
+
+def test_seed_strategy_is_checked_and_recorded():
+    with pytest.raises(ValueError, match="seed_strategy must be auto, vmap or loop, got 'pmap'"):
+        lr.LongRangeConfig(seed_strategy="pmap")
+    config = lr.LongRangeConfig(cells=("lstm",), lengths=(5,), seeds=2, hidden_size=3, train_steps=3, test_size=8,
+                                seed_strategy="vmap")
+    vmapped = lr.train("adding", 5, lr.make_cell("lstm", 3, "default"), [0, 1], config)
+    looped = lr.train("adding", 5, lr.make_cell("lstm", 3, "default"), [0, 1],
+                      dataclasses.replace(config, seed_strategy="loop"))
+    assert_trees_all_close(vmapped["loss"], looped["loss"], rtol=1e-5, atol=1e-6)
+    metrics = lr.run_experiment(config)
+    assert metrics["seed_strategy"] == "vmap" and metrics["backend"] == jax.default_backend()
