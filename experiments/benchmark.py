@@ -75,6 +75,7 @@ from tqdm import tqdm
 import lstmjax as lj
 from experiments import _benchmark_anchors as anchors
 from experiments import _benchmark_report as report
+from experiments._config_checks import check_int
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
 
@@ -169,13 +170,13 @@ class BenchmarkConfig:
 
     def __post_init__(self):
         for name in ("warmup", "repeats", "memory_batch_size", "memory_input_size", "memory_hidden_size"):
-            _check_positive_int(name, getattr(self, name))
-        _check_positive_int("seed", self.seed + 1)
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed + 1, 1)
         if self.torch_threads is not None:
-            _check_positive_int("torch_threads", self.torch_threads)
+            check_int("torch_threads", self.torch_threads, 1)
         for name in ("peak_sizes", "memory_lengths"):
             for value in getattr(self, name):
-                _check_positive_int(name, value)
+                check_int(name, value, 1)
         if not self.points:
             raise ValueError("points must name at least one grid point")
         for point in self.points:
@@ -194,11 +195,6 @@ class BenchmarkConfig:
             raise ValueError(f"rtol must be a number in (0, 1), got {self.rtol!r}")
         for value in self.remat_values:
             _literal("remat_values", value)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _literal(name: str, text: str) -> Any:

@@ -65,6 +65,7 @@ from tqdm import tqdm
 
 import lstmjax as lj
 from experiments import _long_range_report as report
+from experiments._config_checks import check_int, check_seed_strategy
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
 
@@ -138,7 +139,7 @@ class LongRangeConfig:
         for name in ("tasks", "cells", "lengths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("seeds", "hidden_size", "train_steps", "batch_size", "test_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name, known in (("tasks", TASKS), ("cells", tuple(CELLS))):
             values = getattr(self, name)
             if not values:
@@ -151,7 +152,7 @@ class LongRangeConfig:
         if not self.lengths:
             raise ValueError("lengths must hold at least one sequence length")
         for length in self.lengths:
-            _check_int("every length", length, 2)
+            check_int("every length", length, 2)
         if list(self.lengths) != sorted(set(self.lengths)):
             raise ValueError(f"lengths must be strictly increasing, got {self.lengths}")
         if "temporal_order" in self.tasks and self.lengths[0] < TEMPORAL_ORDER_MIN_LENGTH:
@@ -164,15 +165,9 @@ class LongRangeConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if self.seed_strategy not in ("auto", "vmap", "loop"):
-            raise ValueError(f"seed_strategy must be auto, vmap or loop, got {self.seed_strategy!r}")
+        check_seed_strategy(self.seed_strategy)
         if self.init not in lj.INIT_PRESETS:
             raise ValueError(f"init must be one of {lj.INIT_PRESETS}, got {self.init!r}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 # Tasks, models, losses ---------------------------------------------------------------------------

@@ -67,8 +67,10 @@ from tqdm import tqdm
 
 import lstmjax as lj
 from experiments import _stocks_report as report
+from experiments._config_checks import check_seed_strategy
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
+from lstmjax._seeds import resolve_strategy
 
 NAME = "stocks"
 
@@ -135,8 +137,7 @@ class StocksConfig:
             raise ValueError(f"learning_rate must be a positive finite number, got {lr!r}")
         if self.normalization not in ("standard", "minmax"):
             raise ValueError(f"normalization must be standard or minmax, got {self.normalization!r}")
-        if self.seed_strategy not in ("auto", "vmap", "loop"):
-            raise ValueError(f"seed_strategy must be auto, vmap or loop, got {self.seed_strategy!r}")
+        check_seed_strategy(self.seed_strategy)
 
 
 # Data ------------------------------------------------------------------------------------------
@@ -247,17 +248,12 @@ def training_program(cell: lj.Cell, config: StocksConfig) -> Callable:
     def train(seeds, train_batch: lj.Batch, validation: lj.Batch, test_xs: jax.Array):
         seeds = jnp.asarray(seeds, jnp.int32)
         data = {"train": train_batch, "validation": validation, "test_xs": test_xs}
-        if _vmaps(config.seed_strategy):
+        if resolve_strategy(config.seed_strategy) == "vmap":
             return train_vmapped(seeds, data)
         rows = {"seed": seeds, **jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(seeds), *a.shape)), data)}
         return lj.map_seeds(train_row, rows, "loop")
 
     return train
-
-
-def _vmaps(strategy: str) -> bool:
-    """Whether `lj.map_seeds` vmaps with `strategy` (`auto` vmaps on every backend but the CPU)."""
-    return strategy == "vmap" or (strategy == "auto" and jax.default_backend() != "cpu")
 
 
 # The experiment --------------------------------------------------------------------------------

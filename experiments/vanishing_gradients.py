@@ -63,6 +63,7 @@ from tqdm import tqdm
 
 import lstmjax as lj
 from experiments import _vanishing_gradients_report as report
+from experiments._config_checks import check_int, check_seed_strategy
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
 from experiments._vanishing_gradients_report import plot
@@ -140,8 +141,8 @@ class VanishingGradientsConfig:
         object.__setattr__(self, "cells", tuple(self.cells))
         object.__setattr__(self, "lengths", tuple(self.lengths))
         for name in ("hidden_size", "seeds", "batch_size", "train_steps", "train_batch_size", "test_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("train_length", self.train_length, 2)
+            check_int(name, getattr(self, name), 1)
+        check_int("train_length", self.train_length, 2)
         if not self.cells:
             raise ValueError("cells must name at least one cell")
         for cell in self.cells:
@@ -152,7 +153,7 @@ class VanishingGradientsConfig:
         if not self.lengths:
             raise ValueError("lengths must hold at least one sequence length")
         for length in self.lengths:
-            _check_int("every length", length, 2)
+            check_int("every length", length, 2)
         if list(self.lengths) != sorted(set(self.lengths)):
             raise ValueError(f"lengths must be strictly increasing, got {self.lengths}")
         for name in ("learning_rate", "exploding_scale", "clip_norm"):
@@ -163,13 +164,7 @@ class VanishingGradientsConfig:
             raise ValueError(f"init must be one of {lj.INIT_PRESETS}, got {self.init!r}")
         if self.exploding_activation not in ("tanh", "relu", "linear"):
             raise ValueError(f"exploding_activation must be tanh, relu or linear, got {self.exploding_activation!r}")
-        if self.seed_strategy not in ("auto", "vmap", "loop"):
-            raise ValueError(f"seed_strategy must be auto, vmap or loop, got {self.seed_strategy!r}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        check_seed_strategy(self.seed_strategy)
 
 
 # The model, its loss and the measurements --------------------------------------------------------

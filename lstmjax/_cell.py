@@ -114,6 +114,12 @@ def make_cell(
                 output=output, hidden_size=hidden_size, name=name, fused=fused)
 
 
+def select_state(condition: jax.Array, on_true: State, on_false: State) -> State:
+    """Per batch element, picks a whole state: `condition` has the batch shape `(*batch,)`, every
+    leaf of `on_true` and `on_false` the shape `(*batch, H)`."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition[..., None], a, b), on_true, on_false)
+
+
 def is_as_built(cell: Cell) -> bool:
     """Whether `cell` still has the `step` and `step_with_internals` that `make_cell` gave it together:
     only then may `lj.unroll` run its `fused` equations or cache its compilation (a replaced

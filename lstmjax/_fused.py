@@ -46,6 +46,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from lstmjax._cell import select_state
+
 
 class FusedRecurrence(NamedTuple):
     """How one cell family plugs into the fast path.
@@ -109,7 +111,7 @@ def _forward(recurrence, params, xs, state, valid, reverse, with_residuals):
         new, coefficients = recurrence.forward(x @ w_x + b_x, hz, carry)
         y = recurrence.hidden(new)
         if is_valid is not None:
-            new = _select(is_valid, new, carry)
+            new = select_state(is_valid, new, carry)
             y = jnp.where(is_valid[..., None], y, jnp.zeros_like(y))
         return new, ((y, recurrence.hidden(carry), coefficients) if with_residuals else (y,))
 
@@ -144,7 +146,7 @@ def _jvp(recurrence, reverse, primals, tangents):
         d_new = recurrence.tangent(coefficients_t, dxz_t, dhz, d_carry)
         dy = recurrence.hidden(d_new)
         if is_valid is not None:
-            d_new = _select(is_valid, d_new, d_carry)
+            d_new = select_state(is_valid, d_new, d_carry)
             dy = jnp.where(is_valid[..., None], dy, jnp.zeros_like(dy))
         return d_new, dy
 
@@ -167,7 +169,3 @@ def _sum_terms(terms):
         value = term(tangent)
         total = value if total is None else total + value
     return total
-
-
-def _select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition[..., None], a, b), on_true, on_false)

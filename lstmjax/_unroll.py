@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from lstmjax._cell import Cell, Params, State, is_as_built
+from lstmjax._cell import Cell, Params, State, is_as_built, select_state
 from lstmjax._fused import fused_unroll
 
 
@@ -167,10 +167,10 @@ def _step(cell, params, init_state, with_internals, carry, inputs):
     start = state
     if is_reset is not None:
         pending = pending | is_reset
-        start = _select(pending, init_state, state)
+        start = select_state(pending, init_state, state)
     new, y, internals = cell.step_with_internals(params, start, x)
     if is_valid is not None:
-        new = _select(is_valid, new, state)
+        new = select_state(is_valid, new, state)
         y, internals = _zero_where_invalid(is_valid, (y, internals))
     if pending is not None:
         pending = pending & ~is_valid if is_valid is not None else jnp.zeros_like(pending)
@@ -274,11 +274,6 @@ def _check_time_flags(name: str, flags, steps: int, batch_shape: tuple[int, ...]
     if flags.dtype != jnp.bool_:
         raise ValueError(f"{name} must have dtype bool, got {flags.dtype}")
     return flags
-
-
-def _select(condition: jax.Array, on_true: State, on_false: State) -> State:
-    """Per batch element, picks a whole state: `condition` has the batch shape."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition[..., None], a, b), on_true, on_false)
 
 
 def _zero_where_invalid(condition: jax.Array, tree: Any) -> Any:
