@@ -9,6 +9,7 @@ over time with `lax.scan` and shared weights. Everything composes with `jit`, `v
     final_state, ys = lj.unroll(cell, params, xs)      # xs: (T, ..., 3) -> ys: (T, ..., 64)
 """
 
+from lstmjax._allocator import tune_cpu_allocator
 from lstmjax._cell import Cell
 from lstmjax._checkpoint import (
     CheckpointError,
@@ -136,6 +137,7 @@ __all__ = [
     "make_train_step",
     "make_windows",
     "map_seeds",
+    "tune_cpu_allocator",
     "replicate",
     "restore_checkpoint",
     "rnn",
