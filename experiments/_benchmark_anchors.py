@@ -14,7 +14,9 @@ benchmark can check that every anchor's loss and gradient equal lstmjax's before
   `w = concat([w_x, w_h]): (D + H, 4H)`, gate blocks in the order **i, g, f, o**, and `hk.LSTM`
   adds 1 to the forget gate's pre-activation inside the step, so its bias is `b_f - 1`.
 * PyTorch `nn.LSTM(D, H)` (time-major, float32, CPU): `lj.to_torch` (`weight_ih = w_x.T`,
-  `bias_ih = b`, `bias_hh = 0`); the gradient of `b` is the gradient of `bias_ih`.
+  `bias_ih = b`, `bias_hh = 0`); the gradient of `b` is the gradient of `bias_ih`. On a CPU, PyTorch
+  runs the whole sequence in oneDNN's fused RNN primitive when it can (`torch.backends.mkldnn`);
+  `torch_no_onednn` is the same module with oneDNN switched off, PyTorch's step-by-step path.
 
 A JAX anchor is a `JaxAnchor` (`convert`, a pure `loss(anchor_params, xs)`, `grads_to_lstmjax`):
 the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. PyTorch is a
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ import numpy as np
 
 import lstmjax as lj
 
-ANCHORS = ("flax", "equinox", "haiku", "torch")
+ANCHORS = ("flax", "equinox", "haiku", "torch", "torch_no_onednn")
 """Names of the other libraries, in the order they are reported."""
 
 LABELS = {
@@ -44,9 +47,14 @@ LABELS = {
     "equinox": "Equinox LSTMCell + lax.scan",
     "haiku": "Haiku hk.LSTM + dynamic_unroll",
     "torch": "PyTorch nn.LSTM (CPU)",
+    "torch_no_onednn": "PyTorch nn.LSTM (CPU), oneDNN off",
 }
 
-_MODULES = {"flax": ("flax.linen",), "equinox": ("equinox",), "haiku": ("haiku",), "torch": ("torch",)}
+TORCH_ANCHORS = {"torch": True, "torch_no_onednn": False}
+"""The PyTorch anchors, each with whether oneDNN (`torch.backends.mkldnn`) is left on."""
+
+_MODULES = {"flax": ("flax.linen",), "equinox": ("equinox",), "haiku": ("haiku",), "torch": ("torch",),
+            "torch_no_onednn": ("torch",)}
 
 
 def loss_of_outputs(ys: jax.Array) -> jax.Array:
@@ -63,7 +71,7 @@ def unavailable(name: str) -> str | None:
             importlib.import_module(module)
         except ModuleNotFoundError as error:
             return f"not installed ({error}); pip install -e '.[benchmark]'" + (
-                " and torch (see the README)" if name == "torch" else "")
+                " and torch (see the README)" if name in TORCH_ANCHORS else "")
         except Exception as error:  # a library broken against this JAX: report it, benchmark the others
             return f"import failed: {type(error).__name__}: {error}"
     return None
@@ -231,11 +239,10 @@ class TorchRun:
 class TorchAnchor:
     """PyTorch's `nn.LSTM(D, H)` on the CPU, float32, time-major like `xs`."""
 
-    name = "torch"
-
     @staticmethod
-    def prepare(params: lj.LSTMParams, xs: np.ndarray, threads: int) -> TorchRun:
-        """Builds the module with `lj.to_torch(params)` and the closures `TorchRun` describes."""
+    def prepare(params: lj.LSTMParams, xs: np.ndarray, threads: int, onednn: bool = True) -> TorchRun:
+        """Builds the module with `lj.to_torch(params)` and the closures `TorchRun` describes; with
+        `onednn=False` every call runs under `torch.backends.mkldnn.flags(enabled=False)`."""
         import torch
 
         torch.set_num_threads(threads)
@@ -262,4 +269,20 @@ class TorchAnchor:
                                   b=module.bias_ih_l0.grad.numpy().copy())
             return float(loss.detach()), grads
 
+        if not onednn:
+            forward, train = _without_onednn(forward), _without_onednn(train)
         return TorchRun(forward, train, loss_and_grads, torch.get_num_threads())
+
+
+def _without_onednn(call: Callable[[], Any]) -> Callable[[], Any]:
+    """`call` run with PyTorch's oneDNN backend switched off (and its note about TF32 on Intel GPUs,
+    which switching prints, silenced)."""
+    import torch
+
+    def switched():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+            with torch.backends.mkldnn.flags(enabled=False):
+                return call()
+
+    return switched

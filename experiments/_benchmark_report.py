@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from experiments._results import read_json, save_figure_atomic
 
 COLORS = {"lstmjax": "tab:blue", "flax": "tab:orange", "equinox": "tab:green", "haiku": "tab:red",
-          "torch": "tab:purple"}
+          "torch": "tab:purple", "torch_no_onednn": "tab:pink"}
 WORKLOAD_TITLES = {"forward": "forward: jitted loss of the outputs",
                    "train": "training step: loss and gradient w.r.t. the weights"}
 
@@ -63,6 +63,8 @@ def summary(metrics: Mapping) -> dict:
     return {
         "machine": f"{m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} in all), {m['jax_device']}",
         "load_average_start": m["load_average_start"], "load_average_end": m["load_average_end"],
+        "allocator": ("lj.tune_cpu_allocator()" if m.get("tune_cpu_allocator") else "malloc defaults")
+                     + "".join(f", {k}={v}" for k, v in m.get("allocator_environment", {}).items()),
         "versions": {k: v for k, v in m["versions"].items() if v},
         "torch_threads": metrics["torch_threads"], "repeats": metrics["repeats"],
         "peak_gflops_per_second": peak,
@@ -80,7 +82,8 @@ def table(s: Mapping) -> str:
     `median ms [ratio to lstmjax, GFLOP/s]`, the geometric means, the memory table, the notes."""
     names = list(s["libraries"])
     lines = [f"Machine: {s['machine']}; load average {s['load_average_start']} at the start, "
-             f"{s['load_average_end']} at the end; matmul peak {s['peak_gflops_per_second']:.1f} GFLOP/s"
+             f"{s['load_average_end']} at the end; {s['allocator']}; "
+             f"matmul peak {s['peak_gflops_per_second']:.1f} GFLOP/s"
              + (f"; PyTorch threads {s['torch_threads']}" if s["torch_threads"] else "")]
     points = list(dict.fromkeys(row["point"] for row in s["rows"]))
     first = max(26, *(len(p) + 2 for p in points))

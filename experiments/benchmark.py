@@ -132,6 +132,8 @@ class BenchmarkConfig:
         rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
             relative to the largest magnitude of lstmjax's leaf.
         torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
+        tune_allocator: call lj.tune_cpu_allocator() first (glibc: freed memory is kept for the next
+            call instead of page-faulted in again); it applies to every library in the process.
         pause_ms: sleep before each timed call, so that the worker threads of the previous call (XLA's,
             PyTorch's OpenMP), which spin for a while after it, do not steal the cores of the next one.
         peak_sizes: N of the N x N float32 matmuls timed for the machine's peak GFLOP/s.
@@ -155,6 +157,7 @@ class BenchmarkConfig:
     seed: int = 0
     rtol: float = 1e-4
     torch_threads: int | None = None
+    tune_allocator: bool = False
     pause_ms: float = 20.0
     peak_sizes: tuple[int, ...] = (1024, 2048)
     memory_lengths: tuple[int, ...] = (1000, 10000, 100000)
@@ -253,8 +256,9 @@ def jax_runner(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.Array, 
     return Runner(calls, check)
 
 
-def torch_runner(params: lj.LSTMParams, xs: jax.Array, threads: int, workloads: Sequence[str]) -> Runner:
-    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), threads)
+def torch_runner(params: lj.LSTMParams, xs: jax.Array, threads: int, workloads: Sequence[str],
+                 onednn: bool = True) -> Runner:
+    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), threads, onednn)
     calls = {"forward": run.forward, "train": run.train}
 
     def check(workload: str, result: Any) -> tuple[float, lj.LSTMParams | None]:
@@ -361,17 +365,20 @@ def _load() -> list[float] | None:
 
 
 def machine() -> dict[str, Any]:
-    """Where the numbers come from."""
+    """Where the numbers come from (the allocator's environment included: it moves CPU timings by 20%)."""
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": _usable_cores(),
             "platform": platform.platform(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "jax_device": str(jax.devices()[0]),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": _versions()}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": _versions(),
+            "allocator_environment": {k: v for k, v in os.environ.items()
+                                      if k.startswith("MALLOC_") or k == "LD_PRELOAD"}}
 
 
 def run_benchmark(config: BenchmarkConfig) -> dict:
     """The checks, timings, matmul peak and memory; returns metrics.json's contents."""
     points = [parse_point(p) for p in config.points]
     threads = config.torch_threads or _usable_cores()
+    allocator_tuned = lj.tune_cpu_allocator() if config.tune_allocator else False
     load_start = _load()
     libraries = {"lstmjax": {"label": anchors.LABELS["lstmjax"], "status": "ok"}}
     for name in config.anchors:
@@ -403,8 +410,9 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
             if ratios:
                 geomean[workload][name] = float(np.exp(np.mean(np.log(ratios))))
     return {
-        "machine": {**machine(), "load_average_start": load_start, "load_average_end": _load()},
-        "torch_threads": threads if "torch" in runnable else None,
+        "machine": {**machine(), "load_average_start": load_start, "load_average_end": _load(),
+                    "tune_cpu_allocator": allocator_tuned},
+        "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
         "libraries": libraries,
         "remat": remat_note,
         "workloads": list(WORKLOADS),
@@ -427,8 +435,8 @@ def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable:
         try:
             if name == "lstmjax" or name in variants:
                 runners[name] = jax_runner(anchors.lstmjax_anchor(variants.get(name)), params, xs, workloads)
-            elif name == "torch":
-                runners[name] = torch_runner(params, xs, threads, workloads)
+            elif name in anchors.TORCH_ANCHORS:
+                runners[name] = torch_runner(params, xs, threads, workloads, anchors.TORCH_ANCHORS[name])
             else:
                 runners[name] = jax_runner(anchors.JAX_ANCHORS[name](), params, xs, workloads)
         except Exception as error:  # a library that cannot build this model is reported, not fatal

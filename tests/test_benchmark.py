@@ -40,8 +40,8 @@ def _reference(params, xs):
 
 
 def _runner(name, params, xs):
-    if name == "torch":
-        return bm.torch_runner(params, xs, threads=1, workloads=bm.WORKLOADS)
+    if name in anchors.TORCH_ANCHORS:
+        return bm.torch_runner(params, xs, threads=1, workloads=bm.WORKLOADS, onednn=anchors.TORCH_ANCHORS[name])
     return bm.jax_runner(anchors.JAX_ANCHORS[name](), params, xs, bm.WORKLOADS)
 
 
@@ -63,7 +63,7 @@ def test_each_library_computes_lstmjaxs_loss_and_gradient(name):
     np.testing.assert_allclose(forward_loss, float(want_loss), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in anchors.ANCHORS if n != "torch"])
+@pytest.mark.parametrize("name", list(anchors.JAX_ANCHORS))
 def test_each_jax_library_agrees_at_every_step(name):
     """Beyond one scalar: the gradient with respect to every input `xs[t]` agrees, so every step's
     computation is the same, not only their total."""
@@ -87,6 +87,23 @@ def test_torch_outputs_equal_lstmjaxs():
         ys, _ = module(torch.from_numpy(np.array(xs)))
     _, want = lj.unroll(lj.lstm(POINT.hidden_size), params, xs)
     np.testing.assert_allclose(ys.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(anchors.TORCH_ANCHORS))
+def test_torch_anchors_take_the_path_they_name(name):
+    """`torch` is PyTorch as users run it, through oneDNN's fused RNN kernels on a CPU that has them;
+    `torch_no_onednn` never reaches them (both train the same LSTM, checked above)."""
+    _skip_unless_available(name)
+    import torch
+
+    params, xs = bm.make_inputs(POINT, seed=5)
+    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), 1, onednn=anchors.TORCH_ANCHORS[name])
+    with torch.profiler.profile() as profile:
+        run.train()
+    used_onednn = any(event.name.startswith("aten::mkldnn_rnn") for event in profile.events())
+    if name == "torch" and not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    assert used_onednn == anchors.TORCH_ANCHORS[name]
 
 
 def test_a_library_computing_something_else_is_refused(monkeypatch):
@@ -121,10 +138,14 @@ def test_relative_differences():
         bm.relative_differences(2.0, grads._replace(w_h=np.ones((4, 1))), 2.0, grads)
 
 
-def test_a_tiny_run_writes_everything(tmp_path, capsys):
+@pytest.mark.parametrize("tune", [False, True])
+def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
     argv = ["--points", "2x5x3x4", "--warmup", "2", "--repeats", "2", "--peak-sizes", "16",
             "--memory-lengths", "10", "100", "--memory-anchors", "none", "--torch-threads", "1",
-            "--results-dir", str(tmp_path), "--run", "tiny", "--no-progress"]
+            "--results-dir", str(tmp_path), "--run", "tiny", "--no-progress"] + (["--tune-allocator"] if tune else [])
+    tuned = []  # the test process's own malloc is left alone: the call is recorded instead
+    monkeypatch.setattr(bm.lj, "tune_cpu_allocator", lambda: tuned.append(True) or True)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     run_dir = bm.main(argv)
     printed = capsys.readouterr().out
     assert run_dir == tmp_path / "benchmark" / "tiny"
@@ -155,6 +176,10 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys):
     assert "geometric mean of ratios" in printed and "Training-step memory" in printed
     for name in skipped:
         assert f"skipped {name}" in printed
+    assert tuned == [True] * tune and metrics["machine"]["tune_cpu_allocator"] is tune
+    assert metrics["machine"]["allocator_environment"]["MALLOC_ARENA_MAX"] == "2"
+    allocator = "lj.tune_cpu_allocator()" if tune else "malloc defaults"
+    assert f"; {allocator}, MALLOC_ARENA_MAX=2;" in printed
 
 
 def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
