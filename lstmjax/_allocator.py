@@ -4,12 +4,14 @@ XLA:CPU allocates a step's temporaries (the stacked per-step values of a scan, t
 buffers: several MiB each for an LSTM) with `malloc` and frees them when the step ends. With
 glibc's defaults the freed memory at the top of the heap is handed back to the operating system, so
 the next step page-faults the same amount in again, and the kernel zeroes every page first. On
-this project's 2-core AMD EPYC (jax 0.10.2, B = 32, D = 32, one jitted loss-and-gradient of
-`lj.unroll`, median of 3 runs of 3 rounds) `tune_cpu_allocator()` cut the page faults of a run over
-the benchmark grid by 7× and the time of a training step from 56.1 to 42.6 ms (T = 1000, H = 32),
-71.7 to 59.9 ms (T = 100, H = 256) and 89.7 to 80.8 ms (T = 50, H = 512); at T = 100, H = 128 it
-made no difference (20.3 against 20.9 ms). Every library in the process gains the same way
-(PyTorch included), so it changes lstmjax's absolute speed, not its ratio to the others.
+this project's 2-core AMD EPYC (jax 0.10.2) `tune_cpu_allocator()` cut the page faults of a
+B = 32, T = 100, D = 32, H = 256 LSTM training step (one jitted loss-and-gradient of `lj.unroll`)
+from 10,563 to 187, and in `experiments.benchmark --tune-allocator` (medians of two runs) the
+training step took 40.9 instead of 54.2 ms at T = 1000, H = 32, 57.7 instead of 64.9 ms at
+T = 100, H = 256 and 79.1 instead of 88.7 ms at T = 50, H = 512; at T = 100, H = 128 it made no
+difference (24.0 against 23.7 ms). Every library in the process gains the same way (PyTorch
+included), so it changes lstmjax's absolute speed, not its ratio to the others. The environment
+variables `MALLOC_TOP_PAD_=67108864 MALLOC_MMAP_THRESHOLD_=33554432` do the same from outside.
 
 It is opt-in because it changes a setting of the whole process: up to `top_pad_mib` MiB of freed
 memory stay with the process instead of returning to the system.
