@@ -184,3 +184,40 @@ def test_gate_saturation_counts():
 def test_bad_input(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The `precision` of every `dot_general` in a jaxpr, its sub-jaxprs (scan, jit, custom rules) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dot_precisions(inner)
+    return found
+
+
+@pytest.mark.parametrize("cell", sorted(CELL_FACTORIES))
+def test_gradient_studies_use_full_float32_matmuls_whatever_the_default(cell):
+    """On a GPU, JAX's default lets float32 matmuls run in TF32 (relative error ~1e-3 per product);
+    a gradient norm that is a product of hundreds of them must not. Even with the process default
+    set to the lowest precision, every matmul the diagnostics trace (forward, backward, Jacobians,
+    under an outer jit too) is `HIGHEST`; the plain unroll keeps the process default."""
+    cell = CELL_FACTORIES[cell](4)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    studies = {
+        "gradient_norms_over_time": lambda p: lj.gradient_norms_over_time(cell, p, xs, lambda ys: jnp.sum(ys ** 2)),
+        "step_jacobians": lambda p: lj.step_jacobians(cell, p, xs),
+        "state_sensitivity": lambda p: lj.state_sensitivity(cell, p, xs),
+    }
+    with jax.default_matmul_precision("bfloat16"):
+        for name, study in studies.items():
+            precisions = _dot_precisions(jax.make_jaxpr(jax.jit(study))(params).jaxpr)
+            assert precisions and all(p == highest for p in precisions), (name, precisions)
+        plain = _dot_precisions(jax.make_jaxpr(lambda p: lj.unroll(cell, p, xs)[1])(params).jaxpr)
+    assert plain and highest not in plain
