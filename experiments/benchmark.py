@@ -14,6 +14,11 @@ layout by `experiments._benchmark_anchors`), from zero memories, and two workloa
 * `train`: the loss and its gradient with respect to the LSTM's weights; for a JAX library
   `jax.jit(jax.value_and_grad(loss))`, for PyTorch forward and `loss.backward()`.
 
+PyTorch runs twice: `torch` as users run it (on a CPU, `nn.LSTM` then uses oneDNN's fused RNN
+primitive) and `torch_no_onednn`, the same module with oneDNN switched off (its step-by-step
+path). `--tune-allocator` calls `lj.tune_cpu_allocator()` before anything runs; it applies to
+every library in the process, and `metrics.json` records it with the `MALLOC_*` environment.
+
 lstmjax runs through its public API only (`lj.lstm`, `cell.init`, `lj.unroll`), so the numbers
 follow whatever `lj.unroll` does. If `lj.unroll` has a `remat` parameter, the training step is
 also timed (and its memory measured) with `remat=VALUE` for each of `--remat-values`
@@ -54,18 +59,13 @@ printed table) and `times.png`, `memory.png` (drawn from `metrics.json` alone by
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import importlib.metadata
 import inspect
-import math
-import os
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,9 @@ from tqdm import tqdm
 import lstmjax as lj
 from experiments import _benchmark_anchors as anchors
 from experiments import _benchmark_report as report
-from experiments._config_checks import check_int
+from experiments._benchmark_config import BenchmarkConfig, Point, parse_literal, parse_point
+from experiments._benchmark_machine import load_average, machine, usable_cores
+from experiments._benchmark_memory import run_memory
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
 
@@ -87,124 +89,11 @@ class AnchorMismatchError(AssertionError):
     """An implementation's loss or gradient differs from lstmjax's: timing them would compare two computations."""
 
 
-class Point(NamedTuple):
-    """One grid point: batch size B, sequence length T, input size D, hidden units H."""
-
-    batch_size: int
-    length: int
-    input_size: int
-    hidden_size: int
-
-    @property
-    def label(self) -> str:
-        return f"B={self.batch_size} T={self.length} D={self.input_size} H={self.hidden_size}"
-
-
-def parse_point(text: str) -> Point:
-    """`"32x100x32x128"` (BxTxDxH) -> `Point(32, 100, 32, 128)`; `ValueError` otherwise."""
-    parts = text.lower().split("x")
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4 or min(values) < 1:
-        raise ValueError(f"a grid point is BxTxDxH with four positive integers, such as 32x100x32x128; got {text!r}")
-    return Point(*values)
-
-
 def lstm_flops(point: Point, workload: str) -> float:
     """Floating-point operations of the LSTM's matrix multiplies: forward `2·B·T·(D+H)·4H`, a training
     step (forward and backward: two more products of the same size) three times that."""
     forward = 2.0 * point.batch_size * point.length * (point.input_size + point.hidden_size) * 4 * point.hidden_size
     return {"forward": forward, "train": 3.0 * forward}[workload]
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
-    """Time lstmjax against Flax, Equinox, Haiku and PyTorch on the same LSTM, weights and data.
-
-    Attributes:
-        points: grid points BxTxDxH (batch, sequence length, input size, hidden units).
-        anchors: the other libraries to time (flax, equinox, haiku, torch); lstmjax always runs.
-        warmup: untimed calls of each library before timing; the first compiles and is checked.
-        repeats: timed rounds (each library called once per round); medians are reported.
-        seed: PRNG seed of the weights and inputs.
-        rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
-            relative to the largest magnitude of lstmjax's leaf.
-        torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
-        tune_allocator: call lj.tune_cpu_allocator() first (glibc: freed memory is kept for the next
-            call instead of page-faulted in again); it applies to every library in the process.
-        pause_ms: sleep before each timed call, so that the worker threads of the previous call (XLA's,
-            PyTorch's OpenMP), which spin for a while after it, do not steal the cores of the next one.
-        peak_sizes: N of the N x N float32 matmuls timed for the machine's peak GFLOP/s.
-        memory_lengths: sequence lengths T of the memory measurement (compiled, never run).
-        memory_batch_size: batch size of the memory measurement.
-        memory_input_size: input size of the memory measurement.
-        memory_hidden_size: hidden units of the memory measurement.
-        memory_anchors: JAX libraries measured for memory besides lstmjax (flax, equinox, haiku), or none.
-        remat_values: values v for lj.unroll(..., remat=v), as Python literals, if lj.unroll has a remat
-            parameter; default: True.
-        results_dir: root folder; the run is written to <results_dir>/benchmark/<run>/.
-        run: name of the run's folder; default: the UTC time the run starts.
-        overwrite: replace an existing run folder of the same name instead of refusing.
-        progress: show a progress bar (only when stderr is a terminal).
-    """
-
-    points: tuple[str, ...] = ("32x100x32x128", "32x1000x32x32", "32x100x32x256", "32x50x32x512")
-    anchors: tuple[str, ...] = anchors.ANCHORS
-    warmup: int = 2
-    repeats: int = 10
-    seed: int = 0
-    rtol: float = 1e-4
-    torch_threads: int | None = None
-    tune_allocator: bool = False
-    pause_ms: float = 20.0
-    peak_sizes: tuple[int, ...] = (1024, 2048)
-    memory_lengths: tuple[int, ...] = (1000, 10000, 100000)
-    memory_batch_size: int = 8
-    memory_input_size: int = 32
-    memory_hidden_size: int = 128
-    memory_anchors: tuple[str, ...] = ("flax", "equinox", "haiku")
-    remat_values: tuple[str, ...] = ()
-    results_dir: str = "results"
-    run: str | None = None
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        for name in ("warmup", "repeats", "memory_batch_size", "memory_input_size", "memory_hidden_size"):
-            check_int(name, getattr(self, name), 1)
-        check_int("seed", self.seed + 1, 1)
-        if self.torch_threads is not None:
-            check_int("torch_threads", self.torch_threads, 1)
-        for name in ("peak_sizes", "memory_lengths"):
-            for value in getattr(self, name):
-                check_int(name, value, 1)
-        if not self.points:
-            raise ValueError("points must name at least one grid point")
-        for point in self.points:
-            parse_point(point)
-        unknown = [a for a in self.anchors if a not in anchors.ANCHORS]
-        if unknown:
-            raise ValueError(f"anchors must be among {anchors.ANCHORS}, got {unknown}")
-        memory = [a for a in self.memory_anchors if a != "none"]
-        if [a for a in memory if a not in anchors.JAX_ANCHORS] or (len(memory) < len(self.memory_anchors) and memory):
-            raise ValueError(f"memory_anchors must be among {tuple(anchors.JAX_ANCHORS)}, or just none; "
-                             f"got {self.memory_anchors}")
-        if isinstance(self.pause_ms, bool) or not isinstance(self.pause_ms, (int, float)) or not (
-                0 <= self.pause_ms < math.inf):
-            raise ValueError(f"pause_ms must be a finite number >= 0, got {self.pause_ms!r}")
-        if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not 0 < self.rtol < 1:
-            raise ValueError(f"rtol must be a number in (0, 1), got {self.rtol!r}")
-        for value in self.remat_values:
-            _literal("remat_values", value)
-
-
-def _literal(name: str, text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"{name} must hold Python literals such as True or 10, got {text!r}") from None
 
 
 # ---------------------------------------------------------------------------------------------- what to time
@@ -216,7 +105,7 @@ def remat_variants(config: BenchmarkConfig) -> tuple[dict[str, dict[str, Any]], 
     parameters = inspect.signature(lj.unroll).parameters
     if "remat" not in parameters:
         return {}, "lj.unroll has no remat parameter: only plain lstmjax is measured"
-    values = [_literal("remat_values", v) for v in config.remat_values] or [True]
+    values = [parse_literal("remat_values", v) for v in config.remat_values] or [True]
     default = parameters["remat"].default
     variants = {f"lstmjax[remat={value!r}]": {"remat": value} for value in values if value != default}
     return variants, f"lj.unroll(..., remat=...) found (default {default!r}); measured with {values}"
@@ -313,73 +202,15 @@ def matmul_peak(shapes: Sequence[tuple[int, int, int]], repeats: int, seed: int)
     return results
 
 
-def compiled_memory(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.ShapeDtypeStruct) -> dict[str, int]:
-    """XLA's memory analysis of the compiled training step (nothing is run): bytes of temporaries,
-    arguments, outputs, aliased (counted once) and `peak_bytes` = temp + argument + output - alias."""
-    step = jax.jit(jax.value_and_grad(anchor.loss))
-    stats = step.lower(anchor.convert(params), xs).compile().memory_analysis()
-    if stats is None:
-        raise RuntimeError(f"XLA gives no memory analysis on the {jax.default_backend()} backend")
-    out = {name: int(getattr(stats, f"{name}_size_in_bytes"))
-           for name in ("temp", "argument", "output", "alias", "generated_code")}
-    out["peak_bytes"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- the run
-
-
-def _versions() -> dict[str, str | None]:
-    versions = {}
-    for dist in ("jax", "jaxlib", "flax", "equinox", "dm-haiku", "torch", "numpy", "lstmjax"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _load() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    """Where the numbers come from (the allocator's environment included: it moves CPU timings by 20%)."""
-    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": _usable_cores(),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "jax_backend": jax.default_backend(), "jax_device": str(jax.devices()[0]),
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": _versions(),
-            "allocator_environment": {k: v for k, v in os.environ.items()
-                                      if k.startswith("MALLOC_") or k == "LD_PRELOAD"}}
 
 
 def run_benchmark(config: BenchmarkConfig) -> dict:
     """The checks, timings, matmul peak and memory; returns metrics.json's contents."""
     points = [parse_point(p) for p in config.points]
-    threads = config.torch_threads or _usable_cores()
+    threads = config.torch_threads or usable_cores()
     allocator_tuned = lj.tune_cpu_allocator() if config.tune_allocator else False
-    load_start = _load()
+    load_start = load_average()
     libraries = {"lstmjax": {"label": anchors.LABELS["lstmjax"], "status": "ok"}}
     for name in config.anchors:
         reason = anchors.unavailable(name)
@@ -400,7 +231,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
         for point in points:
             results.append(_run_point(point, config, libraries, runnable, variants, threads))
             bar.update()
-        memory = _run_memory(config, variants, libraries, bar)
+        memory = run_memory(config, variants, libraries, bar)
 
     geomean = {}
     for workload in WORKLOADS:
@@ -410,7 +241,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
             if ratios:
                 geomean[workload][name] = float(np.exp(np.mean(np.log(ratios))))
     return {
-        "machine": {**machine(), "load_average_start": load_start, "load_average_end": _load(),
+        "machine": {**machine(), "load_average_start": load_start, "load_average_end": load_average(),
                     "tune_cpu_allocator": allocator_tuned},
         "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
         "libraries": libraries,
@@ -487,43 +318,6 @@ def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable:
             "median_seconds": medians, "ratio_to_lstmjax": ratios, "gflops_per_second": gflops, "errors": errors}
 
 
-def _run_memory(config: BenchmarkConfig, variants: dict[str, dict[str, Any]], libraries: dict, bar) -> dict:
-    key = jax.random.PRNGKey(config.seed)
-    params = lj.lstm(config.memory_hidden_size, init="pytorch").init(key, config.memory_input_size)
-    measured = {"lstmjax": anchors.lstmjax_anchor()}
-    measured.update({name: anchors.lstmjax_anchor(kwargs) for name, kwargs in variants.items()})
-    for name in config.memory_anchors:
-        if name != "none" and anchors.unavailable(name) is None:
-            measured[name] = anchors.JAX_ANCHORS[name]()
-    rows = {name: {"lengths": [], "peak_bytes": [], "temp_bytes": [], "argument_bytes": [], "output_bytes": [],
-                   "alias_bytes": []} for name in measured}
-    errors = {}
-    for length in config.memory_lengths:
-        xs = jax.ShapeDtypeStruct((length, config.memory_batch_size, config.memory_input_size), jnp.float32)
-        for name, anchor in measured.items():
-            if name in errors:
-                continue
-            try:
-                stats = compiled_memory(anchor, params, xs)
-            except Exception as error:
-                if name == "lstmjax":
-                    raise
-                errors[name] = f"{type(error).__name__}: {error}"
-                continue
-            row = rows[name]
-            row["lengths"].append(length)
-            row["peak_bytes"].append(stats["peak_bytes"])
-            for part in ("temp", "argument", "output", "alias"):
-                row[f"{part}_bytes"].append(stats[part])
-        bar.update()
-    return {"batch_size": config.memory_batch_size, "input_size": config.memory_input_size,
-            "hidden_size": config.memory_hidden_size, "lengths": list(config.memory_lengths),
-            "labels": {name: libraries.get(name, {}).get("label", anchors.LABELS.get(name, name)) for name in measured},
-            "rows": {name: row for name, row in rows.items() if row["lengths"]}, "errors": errors,
-            "input_bytes": [4 * t * config.memory_batch_size * config.memory_input_size for t in config.memory_lengths],
-            "output_bytes_per_step": 4 * config.memory_batch_size * config.memory_hidden_size}
-
-
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Runs the benchmark from command-line arguments; returns the run's folder."""
     config = parse_config(BenchmarkConfig, argv, prog="python -m experiments.benchmark")
@@ -537,4 +331,3 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 
 if __name__ == "__main__":
     main()
-
