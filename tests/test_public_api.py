@@ -16,8 +16,8 @@ PUBLIC_API = {
     "load_seattle_temperatures", "load_stock_prices", "lstm", "make_train_step", "make_windows", "map_seeds",
     "replicate",
     "restore_checkpoint", "rnn", "save_checkpoint", "shard_batch", "state_sensitivity", "statquest_companies",
-    "step_jacobians", "temporal_order", "to_torch", "to_torch_state", "unroll", "unroll_bidirectional",
-    "unroll_layers", "unroll_with_internals",
+    "step_jacobians", "temporal_order", "to_torch", "to_torch_state", "tune_cpu_allocator", "unroll",
+    "unroll_bidirectional", "unroll_layers", "unroll_with_internals",
 }
 
 
