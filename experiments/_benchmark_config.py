@@ -50,7 +50,7 @@ class BenchmarkConfig:
         rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
             relative to the largest magnitude of lstmjax's leaf.
         torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
-        tune_allocator: call lj.tune_cpu_allocator() first (glibc: freed memory is kept for the next
+        tune_allocator: call lj.tune_cpu_allocator() first (glibc: a step's temporaries are kept for the next
             call instead of page-faulted in again); it applies to every library in the process.
         pause_ms: sleep before each timed call, so that the worker threads of the previous call (XLA's,
             PyTorch's OpenMP), which spin for a while after it, do not steal the cores of the next one.

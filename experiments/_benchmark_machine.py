@@ -1,8 +1,8 @@
 """Where the numbers come from: the machine a benchmark ran on, recorded in its `metrics.json` next to the
 timings. The CPU model, the cores this process may use (which set PyTorch's default thread count), the load
 average (other processes slow every library down), the platform, Python, JAX's backend and device, `XLA_FLAGS`,
-the versions of every library timed, and the allocator's environment (`MALLOC_*`, `LD_PRELOAD`), which moves
-CPU timings by 20%."""
+the versions of every library timed, and the allocator's environment (`MALLOC_*`, `LD_PRELOAD`), which moved
+CPU training steps by up to a quarter in our runs."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def load_average() -> list[float] | None:
 
 
 def machine() -> dict[str, Any]:
-    """Where the numbers come from (the allocator's environment included: it moves CPU timings by 20%)."""
+    """Where the numbers come from (the allocator's environment included: it moves CPU timings)."""
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
             "platform": platform.platform(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "jax_device": str(jax.devices()[0]),

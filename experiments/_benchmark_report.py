@@ -63,8 +63,7 @@ def summary(metrics: Mapping) -> dict:
     return {
         "machine": f"{m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} in all), {m['jax_device']}",
         "load_average_start": m["load_average_start"], "load_average_end": m["load_average_end"],
-        "allocator": ("lj.tune_cpu_allocator()" if m.get("tune_cpu_allocator") else "malloc defaults")
-                     + "".join(f", {k}={v}" for k, v in m.get("allocator_environment", {}).items()),
+        "allocator": allocator_label(m),
         "versions": {k: v for k, v in m["versions"].items() if v},
         "torch_threads": metrics["torch_threads"], "repeats": metrics["repeats"],
         "peak_gflops_per_second": peak,
@@ -75,6 +74,19 @@ def summary(metrics: Mapping) -> dict:
         "memory_shape": f"B={memory['batch_size']} D={memory['input_size']} H={memory['hidden_size']}",
         "memory_rows": memory_rows, "memory_errors": memory["errors"],
     }
+
+
+def allocator_label(machine: Mapping) -> str:
+    """How `malloc` was set up for the run: `lj.tune_cpu_allocator()` (applied, or asked for where it
+    does nothing), then any `MALLOC_*` / `LD_PRELOAD` environment."""
+    tune = machine.get("tune_cpu_allocator") or {}
+    if tune.get("applied"):
+        label = "lj.tune_cpu_allocator() applied"
+    elif tune.get("requested"):
+        label = "lj.tune_cpu_allocator() asked for, not applied (not glibc)"
+    else:
+        label = "lj.tune_cpu_allocator() not called"
+    return label + "".join(f", {k}={v}" for k, v in machine.get("allocator_environment", {}).items())
 
 
 def table(s: Mapping) -> str:

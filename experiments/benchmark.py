@@ -209,7 +209,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     """The checks, timings, matmul peak and memory; returns metrics.json's contents."""
     points = [parse_point(p) for p in config.points]
     threads = config.torch_threads or usable_cores()
-    allocator_tuned = lj.tune_cpu_allocator() if config.tune_allocator else False
+    allocator_tuned = lj.tune_cpu_allocator() if config.tune_allocator else None
     load_start = load_average()
     libraries = {"lstmjax": {"label": anchors.LABELS["lstmjax"], "status": "ok"}}
     for name in config.anchors:
@@ -242,7 +242,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
                 geomean[workload][name] = float(np.exp(np.mean(np.log(ratios))))
     return {
         "machine": {**machine(), "load_average_start": load_start, "load_average_end": load_average(),
-                    "tune_cpu_allocator": allocator_tuned},
+                    "tune_cpu_allocator": {"requested": config.tune_allocator, "applied": bool(allocator_tuned)}},
         "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
         "libraries": libraries,
         "remat": remat_note,

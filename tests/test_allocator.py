@@ -1,6 +1,6 @@
-"""`lj.tune_cpu_allocator`: bad arguments are refused by name, and on glibc a training step stops
-page-faulting its temporaries back in (counted in a fresh process, so this test's own settings
-and heap do not leak into it). Its speed is measured in `experiments.benchmark`, not here."""
+"""`lj.tune_cpu_allocator`: a bad argument is refused by name, and on glibc a training step stops
+page-faulting its temporaries back in. Page faults are counted in fresh processes, so this test's
+own heap and settings do not leak into them; speed is measured in `experiments.benchmark`."""
 
 import json
 import subprocess
@@ -11,23 +11,22 @@ import pytest
 import lstmjax as lj
 from lstmjax._allocator import _glibc
 
-needs_glibc = pytest.mark.skipif(_glibc() is None, reason="tune_cpu_allocator only changes glibc's malloc")
-
 _FAULTS_PER_STEP = """
 import json, resource, sys
-import jax, jax.numpy as jnp, lstmjax as lj
+import jax, jax.numpy as jnp, numpy as np, lstmjax as lj
 tuned = lj.tune_cpu_allocator() if sys.argv[1] == "tuned" else None
 cell = lj.lstm(256)
 key = jax.random.PRNGKey(0)
 params, xs = cell.init(key, 32), jax.random.normal(key, (100, 32, 32))
 step = jax.jit(jax.value_and_grad(lambda p, xs: jnp.mean(lj.unroll(cell, p, xs)[1] ** 2)))
-for _ in range(3):
+for _ in range(8):  # compile, and let the heap settle
     jax.block_until_ready(step(params, xs))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(step(params, xs))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-print(json.dumps({"tuned": tuned, "faults_per_step": faults}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"tuned": tuned, "median_faults_per_step": float(np.median(faults))}))
 """
 
 
@@ -37,21 +36,20 @@ def _faults_per_step(mode: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(("kwargs", "name"), [
-    ({"top_pad_mib": -1}, "top_pad_mib"), ({"top_pad_mib": 1025}, "top_pad_mib"),
-    ({"top_pad_mib": 1.5}, "top_pad_mib"), ({"top_pad_mib": True}, "top_pad_mib"),
-    ({"top_pad_mib": "64"}, "top_pad_mib"), ({"mmap_threshold_mib": 0}, "mmap_threshold_mib"),
-    ({"mmap_threshold_mib": 33}, "mmap_threshold_mib"),
-])
-def test_bad_arguments_name_themselves(kwargs, name):
-    with pytest.raises(ValueError, match=rf"{name} must be an int from \d+ to \d+ \(MiB\), got"):
-        lj.tune_cpu_allocator(**kwargs)
+@pytest.mark.parametrize("top_pad_mib", [-1, 1025, 1.5, True, "64", None])
+def test_a_bad_top_pad_is_refused_by_name(top_pad_mib):
+    with pytest.raises(ValueError, match=r"top_pad_mib must be an int from 0 to 1024 \(MiB\), got"):
+        lj.tune_cpu_allocator(top_pad_mib)
 
 
-@needs_glibc
+@pytest.mark.skipif(_glibc() is None, reason="tune_cpu_allocator only changes glibc's malloc")
 def test_a_training_step_stops_page_faulting_its_temporaries():
-    """An H = 256, T = 100, B = 32 LSTM step has tens of MiB of temporaries (about 10,000 page faults
-    a step with glibc's defaults on this project's machine); tuned, it keeps them between steps."""
+    """A B = 32, T = 100, H = 256 LSTM step's temporaries are one 40.7 MiB block, which glibc maps
+    and unmaps every step by default (10,417 page faults a step on this project's machine); tuned,
+    the block is kept in the heap between steps."""
+    plain = _faults_per_step("plain")["median_faults_per_step"]
+    if plain < 1000:
+        pytest.skip(f"this machine's malloc already keeps the block ({plain:.0f} page faults a step)")
     tuned = _faults_per_step("tuned")
     assert tuned["tuned"] is True
-    assert tuned["faults_per_step"] < 1000, (tuned, _faults_per_step("plain"))
+    assert tuned["median_faults_per_step"] < plain / 10, (tuned, plain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -145,6 +146,8 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
             "--results-dir", str(tmp_path), "--run", "tiny", "--no-progress"] + (["--tune-allocator"] if tune else [])
     tuned = []  # the test process's own malloc is left alone: the call is recorded instead
     monkeypatch.setattr(bm.lj, "tune_cpu_allocator", lambda: tuned.append(True) or True)
+    for name in [n for n in os.environ if n.startswith("MALLOC_") or n == "LD_PRELOAD"]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     run_dir = bm.main(argv)
     printed = capsys.readouterr().out
@@ -176,10 +179,11 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
     assert "geometric mean of ratios" in printed and "Training-step memory" in printed
     for name in skipped:
         assert f"skipped {name}" in printed
-    assert tuned == [True] * tune and metrics["machine"]["tune_cpu_allocator"] is tune
-    assert metrics["machine"]["allocator_environment"]["MALLOC_ARENA_MAX"] == "2"
-    allocator = "lj.tune_cpu_allocator()" if tune else "malloc defaults"
-    assert f"; {allocator}, MALLOC_ARENA_MAX=2;" in printed
+    assert tuned == [True] * tune
+    assert metrics["machine"]["tune_cpu_allocator"] == {"requested": tune, "applied": tune}
+    assert metrics["machine"]["allocator_environment"] == {"MALLOC_ARENA_MAX": "2"}
+    allocator = "applied" if tune else "not called"
+    assert f"; lj.tune_cpu_allocator() {allocator}, MALLOC_ARENA_MAX=2;" in printed
 
 
 def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
@@ -250,3 +254,12 @@ def test_missing_and_broken_libraries_are_reported_not_fatal(monkeypatch, tmp_pa
     assert "failed flax at B=2 T=5 D=3 H=4: RuntimeError: cannot build" in printed
     write_json_atomic(tmp_path / "metrics.json", metrics)
     assert [p.name for p in bm.report.plot(tmp_path)] == ["times.png", "memory.png"]
+
+
+def test_the_allocator_label_says_what_was_asked_and_what_happened():
+    label = bm.report.allocator_label
+    assert label({}) == "lj.tune_cpu_allocator() not called"
+    assert label({"tune_cpu_allocator": {"requested": True, "applied": False},
+                  "allocator_environment": {"LD_PRELOAD": "libjemalloc.so"}}) == (
+        "lj.tune_cpu_allocator() asked for, not applied (not glibc), LD_PRELOAD=libjemalloc.so")
+    assert label({"tune_cpu_allocator": {"requested": True, "applied": True}}) == "lj.tune_cpu_allocator() applied"
