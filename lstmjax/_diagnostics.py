@@ -20,7 +20,9 @@ Precision: the gradient norms span many orders of magnitude and are products of 
 matrix multiplies, so `gradient_norms_over_time`, `step_jacobians` and `state_sensitivity` trace
 their matrix multiplies at full float32 precision (`jax.default_matmul_precision("highest")`),
 whatever the process's default. On a GPU JAX's default would let float32 matrix multiplies run
-in TF32 (a 10-bit mantissa, relative error about 1e-3 per product); on a CPU nothing changes.
+in TF32 (a 10-bit mantissa, relative error about 1e-3 per product); on a TPU it would use
+bfloat16 passes (so there these studies run noticeably slower than a default matmul); on a CPU
+nothing changes.
 """
 
 from __future__ import annotations
