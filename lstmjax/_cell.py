@@ -120,6 +120,12 @@ def select_state(condition: jax.Array, on_true: State, on_false: State) -> State
     return jax.tree_util.tree_map(lambda a, b: jnp.where(condition[..., None], a, b), on_true, on_false)
 
 
+def zero_where_invalid(condition: jax.Array, tree: Any) -> Any:
+    """Every leaf of `tree` (shape `(*batch, H)`) with the batch elements where `condition`
+    (shape `(*batch,)`) is `False` set to zero: the output of a masked step."""
+    return jax.tree_util.tree_map(lambda a: jnp.where(condition[..., None], a, jnp.zeros_like(a)), tree)
+
+
 def is_as_built(cell: Cell) -> bool:
     """Whether `cell` still has the `step` and `step_with_internals` that `make_cell` gave it together:
     only then may `lj.unroll` run its `fused` equations or cache its compilation (a replaced

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from lstmjax._cell import select_state
+from lstmjax._cell import select_state, zero_where_invalid
 
 
 class FusedRecurrence(NamedTuple):
@@ -112,7 +112,7 @@ def _forward(recurrence, params, xs, state, valid, reverse, with_residuals):
         y = recurrence.hidden(new)
         if is_valid is not None:
             new = select_state(is_valid, new, carry)
-            y = jnp.where(is_valid[..., None], y, jnp.zeros_like(y))
+            y = zero_where_invalid(is_valid, y)
         return new, ((y, recurrence.hidden(carry), coefficients) if with_residuals else (y,))
 
     final, stacked = lax.scan(body, state, (xs, valid), reverse=reverse)
@@ -147,7 +147,7 @@ def _jvp(recurrence, reverse, primals, tangents):
         dy = recurrence.hidden(d_new)
         if is_valid is not None:
             d_new = select_state(is_valid, d_new, d_carry)
-            dy = jnp.where(is_valid[..., None], dy, jnp.zeros_like(dy))
+            dy = zero_where_invalid(is_valid, dy)
         return d_new, dy
 
     d_final, d_ys = lax.scan(body, d_state, (dxz, dhz_weights, coefficients, valid), reverse=reverse)

@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from lstmjax._cell import Cell, Params, State, is_as_built, select_state
+from lstmjax._cell import Cell, Params, State, is_as_built, select_state, zero_where_invalid
 from lstmjax._fused import fused_unroll
 
 
@@ -171,7 +171,7 @@ def _step(cell, params, init_state, with_internals, carry, inputs):
     new, y, internals = cell.step_with_internals(params, start, x)
     if is_valid is not None:
         new = select_state(is_valid, new, state)
-        y, internals = _zero_where_invalid(is_valid, (y, internals))
+        y, internals = zero_where_invalid(is_valid, (y, internals))
     if pending is not None:
         pending = pending & ~is_valid if is_valid is not None else jnp.zeros_like(pending)
     return (new, pending), ((y, internals) if with_internals else (y, None))
@@ -275,6 +275,3 @@ def _check_time_flags(name: str, flags, steps: int, batch_shape: tuple[int, ...]
         raise ValueError(f"{name} must have dtype bool, got {flags.dtype}")
     return flags
 
-
-def _zero_where_invalid(condition: jax.Array, tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a: jnp.where(condition[..., None], a, jnp.zeros_like(a)), tree)
