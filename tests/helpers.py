@@ -1,4 +1,4 @@
-"""Test helpers: tree comparison and reference loops written independently of lstmjax._unroll."""
+"""Test helpers: tree comparison, and a walk over a jaxpr's equations."""
 
 from __future__ import annotations
 
@@ -15,3 +15,16 @@ def assert_trees_all_close(actual, desired, rtol: float = 1e-6, atol: float = 1e
         a, d = np.asarray(a), np.asarray(d)
         assert a.shape == d.shape, f"leaf {index}: shape {a.shape} != {d.shape}"
         np.testing.assert_allclose(a, d, rtol=rtol, atol=atol, err_msg=f"leaf {index}")
+
+
+def equations(jaxpr, in_loop: bool = False):
+    """`(equation, in_loop)` for every equation of a jaxpr and of its sub-jaxprs (scan, while,
+    jit, custom rules), `in_loop` telling whether it runs inside a `scan` or `while` body."""
+    for eqn in jaxpr.eqns:
+        yield eqn, in_loop
+        inner_in_loop = in_loop or eqn.primitive.name in ("scan", "while")
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from equations(inner, inner_in_loop)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cells import CELL_FACTORIES, random_state
-from helpers import assert_trees_all_close
+from helpers import assert_trees_all_close, equations
 
 import lstmjax as lj
 
@@ -188,16 +188,7 @@ def test_bad_input(call, pattern):
 
 def _dot_precisions(jaxpr) -> list:
     """The `precision` of every `dot_general` in a jaxpr, its sub-jaxprs (scan, jit, custom rules) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn.params["precision"])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _dot_precisions(inner)
-    return found
+    return [eqn.params["precision"] for eqn, _ in equations(jaxpr) if eqn.primitive.name == "dot_general"]
 
 
 @pytest.mark.parametrize("cell", sorted(CELL_FACTORIES))

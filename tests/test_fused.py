@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cells import CELL_FACTORIES, random_state
-from helpers import assert_trees_all_close
+from helpers import assert_trees_all_close, equations
 from jax.test_util import check_grads
 
 import lstmjax as lj
@@ -197,6 +197,20 @@ def test_a_cell_whose_functions_were_replaced_falls_back_to_them():
     assert not is_as_built(doubled)
     assert_trees_all_close(lj.unroll(doubled, params, xs), lj.unroll(cell, params, 2.0 * xs), rtol=1e-6, atol=1e-6)
     assert not is_as_built(cell._replace(step=lambda params, state, x: cell.step(params, state, 2.0 * x)))
+
+
+def test_backward_loop_reads_the_recurrent_weights_row_major(cell):
+    """Under `jax.grad` the backward loop multiplies the state's cotangent by `w_hᵀ` at every step.
+    The tangent is written against a `w_hᵀ` transposed once before the loop, so that product
+    contracts the first axis of a row-major matrix, like the forward loop's `h · w_h` (on XLA:CPU
+    the product with `w_h` read transposed took 1.5× as long at H = 256). Every matrix product
+    inside a loop of the training step must contract its matrix's first axis."""
+    params, xs, state = _problem(cell, jnp.float32)
+    jaxpr = jax.make_jaxpr(jax.grad(_loss(cell, {})))(params, xs, state).jaxpr
+    in_loops = [eqn for eqn, in_loop in equations(jaxpr) if in_loop and eqn.primitive.name == "dot_general"]
+    contracted = [(eqn.invars[1].aval.shape, eqn.params["dimension_numbers"][0][1]) for eqn in in_loops]
+    assert len(contracted) >= 3, contracted
+    assert all(dims == (0,) for shape, dims in contracted if len(shape) == 2), contracted
 
 
 @pytest.mark.parametrize("hidden", [32, 128], ids=["step_by_step", "fast_path"])
