@@ -11,9 +11,8 @@ JAX's own transposition gives the fast backward pass:
    `dxz = dxs · w_x + xs · dw_x + db_x` and `dhz_w = h_prev · dw_h + db_h`, shapes `(T, *batch, G)`;
 3. one linear scan carries only the state's tangent: `dhz_t = dh_{t-1} · w_h + dhz_w_t`, then the
    family's linearised step (elementwise, from the stacked coefficients). Its product is written
-   against `w_hᵀ`, transposed once before the loop, so that the backward loop's `ct · w_hᵀ` reads a
-   row-major matrix (on XLA:CPU that product took 200 µs a step at H = 256 with `w_h` read
-   transposed, 134 µs row-major; a training step 4–6% less CPU time at H = 128–512).
+   against `w_hᵀ`, transposed once before the loop (`lstmjax._products`), so that the backward
+   loop's `ct · w_hᵀ` reads a row-major matrix.
 
 Under `jax.grad`, JAX transposes step 3 into one reverse scan carrying only the state's
 cotangent, and step 2 into single large matrix multiplies (`dw_h = Σ_t h_{t-1}ᵀ dz_t` as one
@@ -50,6 +49,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from lstmjax._cell import select_state, zero_where_invalid
+from lstmjax._products import times_transposed
 
 
 class FusedRecurrence(NamedTuple):
@@ -145,7 +145,7 @@ def _jvp(recurrence, reverse, primals, tangents):
 
     def body(d_carry, inputs):
         dxz_t, dhz_weights_t, coefficients_t, is_valid = inputs
-        dhz = _times_transposed(recurrence.hidden(d_carry), w_h_transposed)
+        dhz = times_transposed(recurrence.hidden(d_carry), w_h_transposed)
         if dhz_weights_t is not None:
             dhz = dhz + dhz_weights_t
         d_new = recurrence.tangent(coefficients_t, dxz_t, dhz, d_carry)
@@ -157,12 +157,6 @@ def _jvp(recurrence, reverse, primals, tangents):
 
     d_final, d_ys = lax.scan(body, d_state, (dxz, dhz_weights, coefficients, valid), reverse=reverse)
     return (final, ys), (d_final, d_ys)
-
-
-def _times_transposed(a: jax.Array, b_transposed: jax.Array) -> jax.Array:
-    """`a @ b` given `b_transposed = bᵀ`, so that the transposed product `ct @ bᵀ` (the backward loop's)
-    reads its matrix in row-major order."""
-    return lax.dot_general(a, b_transposed, (((a.ndim - 1,), (1,)), ((), ())))
 
 
 def _zeros_to_none(tree: Any) -> Any:

@@ -22,6 +22,7 @@ from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._products import recurrent_product
 
 
 class GRUParams(NamedTuple):
@@ -72,7 +73,7 @@ def gru_step_with_internals(
     check_input(params.w_x, x)
     check_state_leaf("state", jnp.asarray(h), x.shape[:-1], hidden_size)
     zx = x @ params.w_x + params.b
-    zh = h @ params.w_h
+    zh = recurrent_product(h, params.w_h)
     xr, xz, xn = jnp.split(zx, 3, axis=-1)
     hr, hz, hn = jnp.split(zh, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)

@@ -22,6 +22,7 @@ from jax.typing import ArrayLike
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._products import recurrent_product
 
 
 class LSTMParams(NamedTuple):
@@ -78,7 +79,7 @@ def lstm_step_with_internals(
     """
     x = jnp.asarray(x)
     _check_lstm(params, state, x, hidden_size)
-    i, f, g, o = _gates(x @ params.w_x + state.h @ params.w_h + params.b)
+    i, f, g, o = _gates(x @ params.w_x + recurrent_product(state.h, params.w_h) + params.b)
     c = f * state.c + i * g
     h = o * jnp.tanh(c)
     return LSTMState(h=h, c=c), h, LSTMInternals(i=i, f=f, g=g, o=o, c=c, h=h)

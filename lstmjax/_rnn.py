@@ -22,6 +22,7 @@ from jax.typing import ArrayLike
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._products import recurrent_product
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh, "relu": jax.nn.relu, "linear": lambda a: a}
@@ -70,7 +71,7 @@ def rnn_step_with_internals(
         "w_x": (params.w_x.shape[0], hidden_size), "w_h": (hidden_size, hidden_size), "b": (hidden_size,)})
     check_input(params.w_x, x)
     check_state_leaf("state", jnp.asarray(h), x.shape[:-1], hidden_size)
-    a = x @ params.w_x + h @ params.w_h + params.b
+    a = x @ params.w_x + recurrent_product(h, params.w_h) + params.b
     h = activation(a)
     return h, h, RNNInternals(a=a, h=h)
 

@@ -199,12 +199,22 @@ def test_a_cell_whose_functions_were_replaced_falls_back_to_them():
     assert not is_as_built(cell._replace(step=lambda params, state, x: cell.step(params, state, 2.0 * x)))
 
 
-def test_backward_loop_reads_the_recurrent_weights_row_major(cell):
+@pytest.mark.parametrize("path", ["fast", "step_by_step"])
+@pytest.mark.parametrize("name", sorted(CELL_FACTORIES))
+def test_training_loops_read_their_matrices_row_major(name, path):
     """Under `jax.grad` the backward loop multiplies the state's cotangent by `w_hᵀ` at every step.
-    The tangent is written against a `w_hᵀ` transposed once before the loop, so that product
-    contracts the first axis of a row-major matrix, like the forward loop's `h · w_h` (on XLA:CPU
-    the product with `w_h` read transposed took 1.5× as long at H = 256). Every matrix product
-    inside a loop of the training step must contract its matrix's first axis."""
+    Both paths write the recurrent product's derivative against a `w_hᵀ` transposed once before
+    the loop (`lstmjax._products`), so that product contracts the first axis of a row-major
+    matrix, like the forward loop's `h · w_h` (on XLA:CPU the product with `w_h` read transposed
+    took 1.5× as long at H = 256). Every matrix product inside a loop of the training step must
+    contract its matrix's first axis."""
+    cell = CELL_FACTORIES[name](HIDDEN)
+    if path == "fast":
+        if cell.fused is None:
+            pytest.skip(f"{name} has no fast path")
+        cell = _always_fused(cell)
+    else:
+        cell = _step_by_step(cell)
     params, xs, state = _problem(cell, jnp.float32)
     jaxpr = jax.make_jaxpr(jax.grad(_loss(cell, {})))(params, xs, state).jaxpr
     in_loops = [eqn for eqn, in_loop in equations(jaxpr) if in_loop and eqn.primitive.name == "dot_general"]
