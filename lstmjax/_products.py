@@ -8,8 +8,8 @@ the same product with a row-major matrix: at B = 32, H = 256 (LSTM, `w_h` of sha
 hoists the loop-invariant transpose out of the loop), so both loops read row-major matrices.
 Measured on a 2-core AMD EPYC (jax 0.10.2, jitted loss and gradient, B = D = 32, medians of 15
 interleaved rounds of CPU time), a training step's time falls 3–5% on the step-by-step scan
-(LSTM H = 64, GRU H = 128 and 256, RNN H = 128) and 4–6% on the LSTM's fast path (H = 128–512);
-values and derivatives of every order are unchanged.
+(LSTM H = 64, GRU H = 64–256, RNN H = 128; unchanged at H = 32, where the matrices are tiny) and
+4–6% on the LSTM's fast path (H = 128–512); values and derivatives of every order are unchanged.
 """
 
 from __future__ import annotations
