@@ -12,7 +12,8 @@ JAX's own transposition gives the fast backward pass:
 3. one linear scan carries only the state's tangent: `dhz_t = dh_{t-1} · w_h + dhz_w_t`, then the
    family's linearised step (elementwise, from the stacked coefficients). Its product is written
    against `w_hᵀ`, transposed once before the loop (`lstmjax._products`), so that the backward
-   loop's `ct · w_hᵀ` reads a row-major matrix.
+   loop's `ct · w_hᵀ` reads a row-major matrix (forward mode, which runs this loop as written,
+   reads `w_hᵀ` transposed instead: training is what the layout favours).
 
 Under `jax.grad`, JAX transposes step 3 into one reverse scan carrying only the state's
 cotangent, and step 2 into single large matrix multiplies (`dw_h = Σ_t h_{t-1}ᵀ dz_t` as one
@@ -49,7 +50,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from lstmjax._cell import select_state, zero_where_invalid
-from lstmjax._products import times_transposed
+from lstmjax._products import matmul_given_transpose
 
 
 class FusedRecurrence(NamedTuple):
@@ -145,7 +146,7 @@ def _jvp(recurrence, reverse, primals, tangents):
 
     def body(d_carry, inputs):
         dxz_t, dhz_weights_t, coefficients_t, is_valid = inputs
-        dhz = times_transposed(recurrence.hidden(d_carry), w_h_transposed)
+        dhz = matmul_given_transpose(recurrence.hidden(d_carry), w_h_transposed)
         if dhz_weights_t is not None:
             dhz = dhz + dhz_weights_t
         d_new = recurrence.tangent(coefficients_t, dxz_t, dhz, d_carry)
