@@ -28,11 +28,12 @@ for `resets`, for `lj.unroll_with_internals`, for a cell whose `step` or `step_w
 was replaced (`lstmjax._cell.is_as_built`) and for every other cell. Thresholds come
 from measurements, not from the theory: on a 2-core AMD EPYC CPU (XLA:CPU, jax 0.10.2, one
 jitted loss-and-gradient, B = 32, D = 32, T = 100 unless noted, median CPU time of 15
-interleaved rounds, fast ÷ step-by-step; measured 2026-11-30 after the `w_hᵀ` change above):
+interleaved rounds, fast ÷ step-by-step; LSTM and RNN measured 2026-11-30 with the row-major
+recurrent products of `lstmjax._products` on both paths, GRU 2026-11-25):
 
-    LSTM  H = 64: 1.08–1.15  H = 128: 0.76  H = 256: 0.91–0.95  H = 512 (T = 50): 0.87  -> from H = 128
-    RNN   H = 128: 0.97–1.01 H = 256: 0.75  H = 512 (T = 50): 0.94                     -> from H = 256
-    GRU   H = 128: 1.01  H = 256: 1.15  H = 512 (T = 50): 1.06 (2026-11-25)        -> no fast path
+    LSTM  H = 64: 1.20   H = 128: 0.75   H = 256: 0.96   H = 512 (T = 50): 0.80   -> from H = 128
+    RNN   H = 128: 1.06  H = 256: 0.74   H = 512 (T = 50): 0.97                   -> from H = 256
+    GRU   H = 128: 1.01  H = 256: 1.15   H = 512 (T = 50): 1.06                   -> no fast path
 
 Below those sizes, and for the GRU (whose reset gate keeps two `(T, ..., 3H)` tangent arrays
 alive), the passes over `(T, ..., G)` arrays outside the loop cost more than the lighter backward
