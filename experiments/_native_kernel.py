@@ -1,0 +1,138 @@
+"""Building and calling `experiments/native/lstm_train_step.cpp`, a hand-fused C++ LSTM training step.
+
+It is the measuring stick of `python -m experiments.native_ceiling`, not part of lstmjax: compiled
+here with the machine's C++ compiler (`-O3 -march=native -fopenmp`, AVX-512) into a temporary
+folder, loaded with `ctypes`, and called on numpy float32 arrays in lstmjax's layout
+(`w_x: (D, 4H)`, `w_h: (H, 4H)`, `b: (4H,)`, gates (i, f, g, o); `xs: (T, B, D)`; zero initial
+memories). Its loss is `mean(ys ** 2)`, the benchmark's (`experiments._benchmark_anchors`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+import lstmjax as lj
+
+SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from `/proc/cpuinfo` (empty where there is none)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def unavailable(compiler: str = "g++") -> str | None:
+    """`None` if the kernel can be built and run here, else why not."""
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler {compiler!r} on the PATH"
+    if "avx512f" not in cpu_flags():
+        return "the kernel needs AVX-512 (avx512f), which this CPU does not report"
+    return None
+
+
+def check_shape(batch_size: int, hidden_size: int, threads: int) -> None:
+    """Raises `ValueError` for sizes the kernel does not handle (it has no tails for odd sizes)."""
+    if hidden_size % 32:
+        raise ValueError(f"hidden_size must be a multiple of 32 for the native kernel, got {hidden_size}")
+    if not 1 <= threads <= 64:
+        raise ValueError(f"threads must be in [1, 64] for the native kernel, got {threads}")
+    if batch_size % threads or (batch_size // threads) % 4:
+        raise ValueError(f"batch_size must split into {threads} equal parts that are multiples of 4 for the "
+                         f"native kernel, got {batch_size}")
+
+
+class NativeLSTM:
+    """The compiled kernel. Use as a context manager (or call `close`) to remove the build folder."""
+
+    def __init__(self, compiler: str = "g++"):
+        reason = unavailable(compiler)
+        if reason:
+            raise RuntimeError(f"cannot build the native kernel: {reason}")
+        self._folder = tempfile.mkdtemp(prefix="lstmjax_native_")
+        library = os.path.join(self._folder, "liblstm_train_step.so")
+        command = [compiler, *FLAGS, "-o", library, str(SOURCE)]
+        built = subprocess.run(command, capture_output=True, text=True)
+        if built.returncode != 0:
+            self.close()
+            raise RuntimeError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
+        self.command = " ".join(command)
+        self._library = ctypes.CDLL(library)
+        pointer = ctypes.c_void_p
+        self._library.lstm_train_step.argtypes = (
+            [ctypes.c_int] * 4 + [pointer] * 4 + [ctypes.c_float, ctypes.c_int] + [pointer] * 5 + [ctypes.c_int])
+        self._library.lstm_train_step.restype = ctypes.c_int
+        self._library.lstm_phase_times.argtypes = [pointer]
+
+    def close(self) -> None:
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> NativeLSTM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def step(self, params: lj.LSTMParams, xs: np.ndarray, threads: int) -> NativeStep:
+        """A training step (and a forward pass) at these weights and inputs, outputs preallocated."""
+        return NativeStep(self._library, params, xs, threads)
+
+
+class NativeStep:
+    """`forward() -> loss` and `train() -> (loss, lj.LSTMParams of gradients)` of one model and batch.
+
+    The arrays it returns are its own buffers, overwritten by the next call."""
+
+    def __init__(self, library: ctypes.CDLL, params: lj.LSTMParams, xs: np.ndarray, threads: int):
+        self._library = library
+        self.xs = np.ascontiguousarray(xs, np.float32)
+        if self.xs.ndim != 3:
+            raise ValueError(f"xs must have shape (T, B, D), got {self.xs.shape}")
+        self.length, self.batch_size, input_size = self.xs.shape
+        self.hidden_size = params.w_h.shape[0]
+        check_shape(self.batch_size, self.hidden_size, threads)
+        self.threads = threads
+        self.params = lj.LSTMParams(*(np.ascontiguousarray(p, np.float32) for p in params))
+        if self.params.w_x.shape != (input_size, 4 * self.hidden_size):
+            raise ValueError(f"params.w_x must have shape {(input_size, 4 * self.hidden_size)}, "
+                             f"got {self.params.w_x.shape}")
+        self.grads = lj.LSTMParams(*(np.zeros_like(p) for p in self.params))
+        self._loss = np.zeros(1, np.float32)
+        self._scale = 1.0 / (self.length * self.batch_size * self.hidden_size)
+
+    def _call(self, with_grads: bool) -> float:
+        address = lambda a: a.ctypes.data  # noqa: E731
+        status = self._library.lstm_train_step(
+            self.length, self.batch_size, self.xs.shape[2], self.hidden_size, address(self.xs),
+            *(address(p) for p in self.params), self._scale, int(with_grads), address(self._loss),
+            *(address(g) for g in self.grads), None, self.threads)
+        if status != 0:
+            raise RuntimeError(f"lstm_train_step returned {status}")
+        return float(self._loss[0])
+
+    def forward(self) -> float:
+        return self._call(with_grads=False)
+
+    def train(self) -> tuple[float, lj.LSTMParams]:
+        return self._call(with_grads=True), self.grads
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Thread 0's seconds in each phase of the last call: packing the weights, the forward
+        loop, the backward loop, waiting at the barrier, the weight gradients."""
+        out = np.zeros(5, np.float64)
+        self._library.lstm_phase_times(out.ctypes.data)
+        return dict(zip(("pack", "forward", "backward", "barrier", "weight_gradients"), map(float, out)))
