@@ -47,17 +47,20 @@ def unavailable(compiler: str = "g++") -> str | None:
 
 def check_shape(batch_size: int, hidden_size: int, threads: int) -> None:
     """Raises `ValueError` for sizes the kernel does not handle (it has no tails for odd sizes)."""
-    if hidden_size % 32:
-        raise ValueError(f"hidden_size must be a multiple of 32 for the native kernel, got {hidden_size}")
-    if not 1 <= threads <= 64:
+    if hidden_size < 32 or hidden_size % 32:
+        raise ValueError(f"hidden_size must be a positive multiple of 32 for the native kernel, got {hidden_size}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
         raise ValueError(f"threads must be in [1, 64] for the native kernel, got {threads}")
-    if batch_size % threads or (batch_size // threads) % 4:
+    if batch_size < 1 or batch_size % threads or (batch_size // threads) % 4:
         raise ValueError(f"batch_size must split into {threads} equal parts that are multiples of 4 for the "
                          f"native kernel, got {batch_size}")
 
 
 class NativeLSTM:
-    """The compiled kernel. Use as a context manager (or call `close`) to remove the build folder."""
+    """The compiled kernel. Use as a context manager (or call `close`) to remove the build folder.
+
+    Not thread-safe: every call shares one workspace inside the library (and ctypes releases the
+    GIL), so call it from one thread at a time."""
 
     def __init__(self, compiler: str = "g++"):
         reason = unavailable(compiler)
@@ -66,12 +69,20 @@ class NativeLSTM:
         self._folder = tempfile.mkdtemp(prefix="lstmjax_native_")
         library = os.path.join(self._folder, "liblstm_train_step.so")
         command = [compiler, *FLAGS, "-o", library, str(SOURCE)]
-        built = subprocess.run(command, capture_output=True, text=True)
+        try:
+            built = subprocess.run(command, capture_output=True, text=True)
+        except OSError:
+            self.close()
+            raise
         if built.returncode != 0:
             self.close()
             raise RuntimeError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
         self.command = " ".join(command)
-        self._library = ctypes.CDLL(library)
+        try:
+            self._library = ctypes.CDLL(library)
+        except OSError:
+            self.close()
+            raise
         pointer = ctypes.c_void_p
         self._library.lstm_train_step.argtypes = (
             [ctypes.c_int] * 4 + [pointer] * 4 + [ctypes.c_float, ctypes.c_int] + [pointer] * 5 + [ctypes.c_int])
@@ -103,25 +114,31 @@ class NativeStep:
         if self.xs.ndim != 3:
             raise ValueError(f"xs must have shape (T, B, D), got {self.xs.shape}")
         self.length, self.batch_size, input_size = self.xs.shape
-        self.hidden_size = params.w_h.shape[0]
+        if min(self.xs.shape) < 1:
+            raise ValueError(f"xs must have T, B, D >= 1, got shape {self.xs.shape}")
+        self.params = lj.LSTMParams(*(np.ascontiguousarray(p, np.float32) for p in params))
+        self.hidden_size = self.params.w_h.shape[0]
         check_shape(self.batch_size, self.hidden_size, threads)
         self.threads = threads
-        self.params = lj.LSTMParams(*(np.ascontiguousarray(p, np.float32) for p in params))
-        if self.params.w_x.shape != (input_size, 4 * self.hidden_size):
-            raise ValueError(f"params.w_x must have shape {(input_size, 4 * self.hidden_size)}, "
-                             f"got {self.params.w_x.shape}")
+        expected = {"w_x": (input_size, 4 * self.hidden_size), "w_h": (self.hidden_size, 4 * self.hidden_size),
+                    "b": (4 * self.hidden_size,)}
+        for field, shape in expected.items():
+            if getattr(self.params, field).shape != shape:
+                raise ValueError(f"params.{field} must have shape {shape}, got {getattr(self.params, field).shape}")
         self.grads = lj.LSTMParams(*(np.zeros_like(p) for p in self.params))
         self._loss = np.zeros(1, np.float32)
         self._scale = 1.0 / (self.length * self.batch_size * self.hidden_size)
 
     def _call(self, with_grads: bool) -> float:
-        address = lambda a: a.ctypes.data  # noqa: E731
         status = self._library.lstm_train_step(
-            self.length, self.batch_size, self.xs.shape[2], self.hidden_size, address(self.xs),
-            *(address(p) for p in self.params), self._scale, int(with_grads), address(self._loss),
-            *(address(g) for g in self.grads), None, self.threads)
+            self.length, self.batch_size, self.xs.shape[2], self.hidden_size, _address(self.xs),
+            *(_address(p) for p in self.params), self._scale, int(with_grads), _address(self._loss),
+            *(_address(g) for g in self.grads), None, self.threads)
+        if status == -2:
+            raise RuntimeError(f"OpenMP started fewer than the {self.threads} threads asked for (OMP_THREAD_LIMIT?); "
+                               f"the kernel splits the batch over exactly that many")
         if status != 0:
-            raise RuntimeError(f"lstm_train_step returned {status}")
+            raise RuntimeError(f"lstm_train_step returned {status} (-1: sizes refused, -3: out of memory)")
         return float(self._loss[0])
 
     def forward(self) -> float:
@@ -136,3 +153,7 @@ class NativeStep:
         out = np.zeros(5, np.float64)
         self._library.lstm_phase_times(out.ctypes.data)
         return dict(zip(("pack", "forward", "backward", "barrier", "weight_gradients"), map(float, out)))
+
+
+def _address(array: np.ndarray) -> int:
+    return array.ctypes.data

@@ -1,6 +1,6 @@
 """How fast can an LSTM training step be on this CPU? A hand-fused C++ kernel against lstmjax and PyTorch.
 
-    python -m experiments.native_ceiling            # about a minute on a 2-core CPU; needs g++ and AVX-512
+    python -m experiments.native_ceiling            # about 45 s on a 2-core CPU; needs g++ and AVX-512
     python -m experiments.native_ceiling --help
 
 `experiments/native/lstm_train_step.cpp` computes a one-layer LSTM's loss `mean(ys ** 2)` and its
@@ -23,7 +23,7 @@ lstmjax's and the kernel's to PyTorch's, achieved GFLOP/s (`experiments.benchmar
 against the matmul peak of the same run, and the kernel's time per phase (thread 0's, medians of
 five back-to-back training steps after the timing).
 
-Writes `config.json`, `metrics.json` and `summary.json` to `results/native_ceiling/<run>/`.
+Writes `config.json`, `metrics.json` and `summary.json` to `results/native_ceiling/<run>/` (no plots).
 """
 
 from __future__ import annotations
@@ -99,14 +99,18 @@ class NativeCeilingConfig:
         check_int("seed", self.seed + 1, 1)
         if self.threads is not None:
             check_int("threads", self.threads, 1)
+            if self.threads > 64:
+                raise ValueError(f"threads must be at most 64 for the native kernel, got {self.threads}")
         if not self.points:
             raise ValueError("points must name at least one grid point")
+        threads = self.threads or min(usable_cores(), 64)
         for text in self.points:
             point = parse_point(text)
             try:
-                native.check_shape(point.batch_size, point.hidden_size, self.threads or usable_cores())
+                native.check_shape(point.batch_size, point.hidden_size, threads)
             except ValueError as error:
-                raise ValueError(f"points: {text}: {error}") from None
+                default = "" if self.threads else f" (threads: {threads}, the usable cores; set --threads)"
+                raise ValueError(f"points: {text}: {error}{default}") from None
         if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not 0 < self.rtol < 1:
             raise ValueError(f"rtol must be a number in (0, 1), got {self.rtol!r}")
         if isinstance(self.pause_ms, bool) or not isinstance(self.pause_ms, (int, float)) or not (
@@ -125,7 +129,7 @@ def native_runner(kernel: native.NativeLSTM, params, xs, threads: int) -> tuple[
 
 def run_ceiling(config: NativeCeilingConfig) -> dict[str, Any]:
     """The checks and timings; returns metrics.json's contents."""
-    threads = config.threads or usable_cores()
+    threads = config.threads or min(usable_cores(), 64)
     torch_reason = anchors.unavailable("torch") if config.torch else "not requested (--no-torch)"
     load_start = load_average()
     points = [parse_point(p) for p in config.points]
@@ -206,7 +210,8 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
             "rows": rows, "geomean_native_to_torch": geomean}
 
 
-def lines(summary_: dict[str, Any]) -> str:
+def table(summary_: dict[str, Any]) -> str:
+    """The printed table: one row per point and workload."""
     out = [f"matmul peak {summary_['peak_gflops_per_second']} GFLOP/s; {summary_['threads']} threads; "
            f"PyTorch: {summary_['torch']}",
            f"{'point':<26}{'workload':<10}{'lstmjax ms':>11}{'native ms':>11}{'torch ms':>10}"
@@ -225,8 +230,11 @@ def lines(summary_: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """Runs the study from command-line arguments; returns the run's folder."""
     config = parse_config(NativeCeilingConfig, argv, prog="python -m experiments.native_ceiling")
+    reason = native.unavailable(config.compiler)
+    if reason:  # before the run's folder exists
+        raise SystemExit(f"python -m experiments.native_ceiling: cannot build the kernel: {reason}")
     run = record_run(config, NAME, run_ceiling, summary)
-    print(lines(run.summary))
+    print(table(run.summary))
     print(f"\nMeasured in {run.seconds:.1f} s, compilation included.")
     print(written_files_line(run.run_dir))
     return run.run_dir

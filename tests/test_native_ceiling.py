@@ -2,6 +2,10 @@
 gradient, refuses sizes it does not handle, and the study records what it timed."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -25,11 +29,18 @@ def kernel():
         yield built
 
 
-@pytest.mark.parametrize("point, threads", [("8x5x3x32", 2), ("8x5x3x32", 1), ("4x9x1x64", 1), ("16x6x5x96", 2)])
+@pytest.mark.parametrize("point, threads", [
+    ("8x5x3x32", 2), ("8x5x3x32", 1), ("4x9x1x64", 1), ("16x6x5x96", 2),
+    ("4x1x1x32", 1),     # one step, one input
+    ("24x3x17x32", 2),   # 12 rows a thread: an 8-row and a 4-row block
+    ("16x4x2x96", 4),    # 6 panels of 16 units over 4 threads: uneven weight-gradient shares
+    ("12x3x2x64", 3),    # 4 panels over 3 threads
+    ("16x3x2x32", 4),    # 2 panels over 4 threads: two threads have no weight-gradient share
+])
 def test_kernel_equals_lstmjax(kernel, point, threads):
     """Loss `mean(ys ** 2)` and its gradient with respect to every weight, against `jax.value_and_grad`
-    of `lj.unroll` on the same weights (every bias nonzero) and inputs; the forward-only call gives the
-    same loss."""
+    of `lj.unroll` on the same weights (every bias nonzero) and inputs, at sizes that exercise every
+    block and thread split; the forward-only call gives the same loss."""
     params, xs = make_inputs(parse_point(point), seed=3)
     loss, grads = jax.value_and_grad(anchors.lstmjax_anchor().loss)(params, xs)
     step = kernel.step(params, np.asarray(xs), threads)
@@ -42,7 +53,9 @@ def test_kernel_equals_lstmjax(kernel, point, threads):
 
 
 @pytest.mark.parametrize("batch_size, hidden_size, threads, pattern", [
-    (8, 48, 2, r"hidden_size must be a multiple of 32 for the native kernel, got 48"),
+    (8, 48, 2, r"hidden_size must be a positive multiple of 32 for the native kernel, got 48"),
+    (8, 0, 2, r"hidden_size must be a positive multiple of 32 for the native kernel, got 0"),
+    (0, 32, 1, r"batch_size must split into 1 equal parts that are multiples of 4 for the native kernel, got 0"),
     (6, 32, 2, r"batch_size must split into 2 equal parts that are multiples of 4 for the native kernel, got 6"),
     (8, 32, 65, r"threads must be in \[1, 64\] for the native kernel, got 65"),
 ])
@@ -52,8 +65,39 @@ def test_sizes_the_kernel_does_not_handle_are_refused(batch_size, hidden_size, t
 
 
 def test_config_names_the_point_it_refuses():
-    with pytest.raises(ValueError, match=r"points: 32x10x4x100: hidden_size must be a multiple of 32"):
+    with pytest.raises(ValueError, match=r"points: 32x10x4x100: hidden_size must be a positive multiple of 32"):
         native_ceiling.NativeCeilingConfig(points=("32x10x4x100",), threads=2)
+    with pytest.raises(ValueError, match=r"threads must be at most 64 for the native kernel, got 65"):
+        native_ceiling.NativeCeilingConfig(threads=65)
+
+
+def test_weights_of_the_wrong_shape_are_refused(kernel):
+    params, xs = make_inputs(parse_point("8x3x2x32"), seed=0)
+    with pytest.raises(ValueError, match=r"params.w_h must have shape \(32, 128\), got \(32, 64\)"):
+        kernel.step(params._replace(w_h=params.w_h[:, :64]), np.asarray(xs), 2)
+    with pytest.raises(ValueError, match=r"params.b must have shape \(128,\), got \(4,\)"):
+        kernel.step(params._replace(b=params.b[:4]), np.asarray(xs), 2)
+
+
+@needs_kernel
+def test_fewer_openmp_threads_than_asked_is_an_error_not_a_wrong_answer():
+    """The kernel splits the batch over exactly `threads` threads; if OpenMP starts fewer (here
+    `OMP_THREAD_LIMIT=1`), rows would go uncomputed, so the call must fail."""
+    script = ("from experiments import _native_kernel as native\n"
+              "from experiments.benchmark import make_inputs\n"
+              "from experiments._benchmark_config import parse_point\n"
+              "import numpy as np\n"
+              "params, xs = make_inputs(parse_point('8x3x2x32'), 0)\n"
+              "with native.NativeLSTM() as kernel:\n"
+              "    step = kernel.step(params, np.asarray(xs), 2)\n"
+              "    try:\n"
+              "        step.train()\n"
+              "    except RuntimeError as error:\n"
+              "        print('refused:', error)\n")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=pathlib.Path(__file__).parents[1], timeout=300)
+    assert "refused: OpenMP started fewer than the 2 threads asked for" in done.stdout, done.stdout + done.stderr
 
 
 @needs_kernel

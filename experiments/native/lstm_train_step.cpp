@@ -2,7 +2,9 @@
 // time, backward through time and the weight gradients in one call. It is the measuring stick of
 // `python -m experiments.native_ceiling` (how fast a training step can be on this machine), not
 // part of lstmjax. Gate order (i, f, g, o) along the last axis of the weights, as in lj.lstm;
-// h0 = c0 = 0; loss = sum over all outputs of ys**2.
+// h0 = c0 = 0; loss = loss_scale * sum over all outputs of ys**2 (the caller passes 1/(T*B*H) for the
+// mean). A NaN pre-activation is clamped like any other large value (exp512), so the kernel's loss
+// stays finite where lstmjax's would be NaN.
 //
 // Column layout inside: for hidden-unit block p (16 units) the 64 columns p*64 .. p*64+63 hold
 // [i(16 units) f(16) g(16) o(16)], so a 64-column panel of the pre-activations holds all four
@@ -138,8 +140,8 @@ static float* ws_get(size_t nfloats) {
     if (nfloats > g_ws_size) {
         free(g_ws);
         g_ws = (float*)aligned_alloc(64, ((nfloats * 4 + 63) / 64) * 64);
-        g_ws_size = nfloats;
-        memset(g_ws, 0, nfloats * 4);
+        g_ws_size = g_ws ? nfloats : 0;
+        if (g_ws) memset(g_ws, 0, nfloats * 4);
     }
     return g_ws;
 }
@@ -153,12 +155,12 @@ static inline int orig_col(int kint, int H) {  // interleaved column -> original
 // xs: (T,B,D), wx: (D,4H), wh: (H,4H), bias: (4H,), all float32, C order. loss = loss_scale * sum(ys**2)
 // (loss_scale = 1/(T*B*H) gives the mean). With with_grads != 0 also dwx (D,4H), dwh (H,4H), db (4H,):
 // the loss's gradients; otherwise only the forward pass runs and they are left alone. ys_out (T,B,H)
-// may be null. Requires H % 32 == 0, D >= 1, 1 <= nth <= 64, B % nth == 0, (B/nth) % 4 == 0;
-// returns -1 otherwise, 0 on success.
+// may be null. Requires T, B, D >= 1, H a positive multiple of 32, 1 <= nth <= 64, B % nth == 0, (B/nth) % 4 == 0;
+// returns -1 otherwise, -2 if OpenMP starts fewer than nth threads, -3 if memory runs out, 0 on success.
 extern "C" int lstm_train_step(int T, int B, int D, int H, const float* xs, const float* wx, const float* wh,
                                const float* bias, float loss_scale, int with_grads, float* loss, float* dwx,
                                float* dwh, float* db, float* ys_out, int nth) {
-    if (H % 32 || D < 1 || nth < 1 || nth > 64 || B % nth || (B / nth) % 4) return -1;
+    if (T < 1 || B < 1 || D < 1 || H < 32 || H % 32 || nth < 1 || nth > 64 || B % nth || (B / nth) % 4) return -1;
     const int G4 = 4 * H, KX = D + H, NP = H / 16;
     const size_t TBH = (size_t)T * B * H, TBG = (size_t)T * B * G4;
     // workspace layout
@@ -177,13 +179,20 @@ extern "C" int lstm_train_step(int T, int B, int D, int H, const float* xs, cons
     const int NPT = (NP + nth - 1) / nth;      // max panels per thread
     size_t oBP = take((size_t)nth * WG_KC * NPT * 64);  // per-thread packed chunk of DZ
     float* ws = ws_get(off);
+    if (!ws) return -3;
     float *Wp = ws + oWp, *Wt = ws + oWt, *G = ws + oG, *Cs = ws + oC, *TC = ws + oTC, *Y = ws + oY,
           *BI = ws + oBI, *DW = ws + oDW, *DB = ws + oDB, *S = ws + oS, *BPK = ws + oBP;
     double loss_part[64] = {0};
+    int threads_started = nth;
 
+    omp_set_dynamic(0);  // every thread assumes there are exactly nth of them
 #pragma omp parallel num_threads(nth)
     {
         const int tid = omp_get_thread_num();
+#pragma omp single
+        threads_started = omp_get_num_threads();
+        // (implicit barrier after single: every thread sees threads_started)
+        if (threads_started == nth) {
         const int BR = B / nth, r0 = tid * BR;
         double tp0 = now_s();
         // ---- pack weights (vectorised: 16 interleaved columns map to 16 contiguous original columns)
@@ -353,36 +362,12 @@ extern "C" int lstm_train_step(int T, int B, int D, int H, const float* xs, cons
             double tp5 = now_s();
             g_phase[0] = tp1 - tp0; g_phase[1] = tp2 - tp1; g_phase[2] = tp3 - tp2; g_phase[3] = tp4 - tp3; g_phase[4] = tp5 - tp4;
         }
+        }  // threads_started == nth
     }
+    if (threads_started != nth) return -2;  // OpenMP started fewer threads (OMP_THREAD_LIMIT, ...)
     double l = 0;
     for (int i = 0; i < nth; ++i) l += loss_part[i];
     *loss = (float)(l * loss_scale);
     if (ys_out) memcpy(ys_out, Y, TBH * 4);
     return 0;
-}
-
-// ---------------------------------------------------------------- GEMM micro-benchmark
-// Per-step forward shape: (B x H) @ (H x 4H), batch-split across nth threads, iters repetitions,
-// same packed-panel layout and micro-kernel as the forward loop. Returns seconds.
-extern "C" double bench_step_gemm(int B, int H, int iters, int nth) {
-    const int G4 = 4 * H, NP = H / 16;
-    float* W = (float*)aligned_alloc(64, (size_t)H * G4 * 4);
-    float* A = (float*)aligned_alloc(64, (size_t)B * H * 4);
-    float* C = (float*)aligned_alloc(64, (size_t)B * G4 * 4);
-    for (size_t i = 0; i < (size_t)H * G4; ++i) W[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
-    for (size_t i = 0; i < (size_t)B * H; ++i) A[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f;
-    auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(nth)
-    {
-        const int tid = omp_get_thread_num(), BR = B / nth, r0 = tid * BR;
-        for (int it = 0; it < iters; ++it)
-            for (int p = 0; p < NP; ++p)
-                for (int cs = 0; cs < 64; cs += 16 * FWD_NV)
-                    for (int rb = 0; rb < BR; rb += FWD_MR)
-                        ukr<FWD_MR, FWD_NV, false>(H, A + (size_t)(r0 + rb) * H, H, W + (size_t)p * H * 64 + cs, 64, 0, nullptr,
-                                                   0, nullptr, 0, nullptr, 0, C + (size_t)(r0 + rb) * G4 + p * 64 + cs, G4);
-    }
-    auto t1 = std::chrono::steady_clock::now();
-    free(W); free(A); free(C);
-    return std::chrono::duration<double>(t1 - t0).count();
 }
