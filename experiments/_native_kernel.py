@@ -1,8 +1,10 @@
 """Building and calling `experiments/native/lstm_train_step.cpp`, a hand-fused C++ LSTM training step.
 
 It is the measuring stick of `python -m experiments.native_ceiling`, not part of lstmjax: compiled
-here with the machine's C++ compiler (`-O3 -march=native -fopenmp`, AVX-512) into a temporary
-folder, loaded with `ctypes`, and called on numpy float32 arrays in lstmjax's layout
+here with the machine's C++ compiler (`-O3 -march=native -fopenmp`, AVX-512), together with an
+XLA FFI handler (`native/lstm_ffi.cc`, against the headers of `jax.ffi.include_dir()`), into a
+temporary folder, and called either with `ctypes` on numpy arrays or inside `jax.jit` as a
+custom call (`NativeLSTM.jax_loss_and_grads`), both in lstmjax's layout
 (`w_x: (D, 4H)`, `w_h: (H, 4H)`, `b: (4H,)`, gates (i, f, g, o); `xs: (T, B, D)`; zero initial
 memories). Its loss is `mean(ys ** 2)`, the benchmark's (`experiments._benchmark_anchors`).
 """
@@ -15,12 +17,16 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import lstmjax as lj
 
-SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp"
+SOURCES = (pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp",
+           pathlib.Path(__file__).with_name("native") / "lstm_ffi.cc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 
 
@@ -68,7 +74,7 @@ class NativeLSTM:
             raise RuntimeError(f"cannot build the native kernel: {reason}")
         self._folder = tempfile.mkdtemp(prefix="lstmjax_native_")
         library = os.path.join(self._folder, "liblstm_train_step.so")
-        command = [compiler, *FLAGS, "-o", library, str(SOURCE)]
+        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", library, *map(str, SOURCES)]
         try:
             built = subprocess.run(command, capture_output=True, text=True)
         except OSError:
@@ -88,6 +94,9 @@ class NativeLSTM:
             [ctypes.c_int] * 4 + [pointer] * 4 + [ctypes.c_float, ctypes.c_int] + [pointer] * 5 + [ctypes.c_int])
         self._library.lstm_train_step.restype = ctypes.c_int
         self._library.lstm_phase_times.argtypes = [pointer]
+        self._target = f"lstmjax_native_{os.path.basename(self._folder)}"
+        jax.ffi.register_ffi_target(self._target, jax.ffi.pycapsule(self._library.LstmLossAndGradsHandler),
+                                    platform="cpu")
 
     def close(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
@@ -97,6 +106,22 @@ class NativeLSTM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def jax_loss_and_grads(self, threads: int) -> Callable[..., tuple[jax.Array, lj.LSTMParams]]:
+        """`f(params, xs, with_grads=True) -> (loss, grads)`, the kernel as an XLA custom call on the CPU,
+        usable inside `jax.jit` (`with_grads` static; without it the gradients are zeros). Shapes are
+        checked when it is traced."""
+
+        def loss_and_grads(params: lj.LSTMParams, xs: jax.Array, with_grads: bool = True):
+            check_shape(xs.shape[1], params.w_h.shape[0], threads)
+            results = [jax.ShapeDtypeStruct((1,), jnp.float32)] + [
+                jax.ShapeDtypeStruct(p.shape, jnp.float32) for p in params]
+            loss, *grads = jax.ffi.ffi_call(self._target, results)(
+                *(jnp.asarray(a, jnp.float32) for a in (xs, *params)), threads=np.int32(threads),
+                with_grads=np.int32(with_grads))
+            return loss[0], lj.LSTMParams(*grads)
+
+        return loss_and_grads
 
     def step(self, params: lj.LSTMParams, xs: np.ndarray, threads: int) -> NativeStep:
         """A training step (and a forward pass) at these weights and inputs, outputs preallocated."""

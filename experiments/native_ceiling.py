@@ -15,7 +15,9 @@ machine can do, and whether issue 5's targets are reachable at all.
 
 At each grid point, on the weights and data of `python -m experiments.benchmark` (the same
 `make_inputs`), lstmjax (`jax.jit` of `lj.unroll`'s loss, and of its `jax.value_and_grad`), the
-kernel and PyTorch's `nn.LSTM` (oneDNN's fused RNN, if torch is installed) are first checked
+kernel called from Python (`native`), the kernel as an XLA FFI custom call inside `jax.jit`
+(`native_jit`: what lstmjax would run with the kernel behind `lj.unroll`) and PyTorch's
+`nn.LSTM` (oneDNN's fused RNN, if torch is installed) are first checked
 against lstmjax's loss and gradient (relative difference at most `--rtol`, or the run stops),
 then timed round-robin like the benchmark (`--repeats` rounds, medians, a `--pause-ms` sleep
 before each call), forward pass and training step. Reported: medians, each time's ratio to
@@ -34,8 +36,10 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+import lstmjax as lj
 from experiments import _benchmark_anchors as anchors
 from experiments import _native_kernel as native
 from experiments._benchmark_config import parse_point
@@ -118,6 +122,23 @@ class NativeCeilingConfig:
             raise ValueError(f"pause_ms must be a finite number >= 0, got {self.pause_ms!r}")
 
 
+def native_jit_runner(kernel: native.NativeLSTM, params, xs, threads: int) -> Runner:
+    """The kernel as an XLA custom call inside `jax.jit` (`NativeLSTM.jax_loss_and_grads`): what lstmjax
+    would run if the kernel were behind `lj.unroll`."""
+    loss_and_grads = kernel.jax_loss_and_grads(threads)
+    compiled = {"forward": jax.jit(lambda p, x: loss_and_grads(p, x, with_grads=False)[0]),
+                "train": jax.jit(loss_and_grads)}
+    calls = {w: (lambda fn=compiled[w]: jax.block_until_ready(fn(params, xs))) for w in WORKLOADS}
+
+    def check(workload: str, result: Any):
+        if workload == "forward":
+            return float(result), None
+        loss, grads = result
+        return float(loss), lj.LSTMParams(*(np.asarray(g) for g in grads))
+
+    return Runner(calls, check)
+
+
 def native_runner(kernel: native.NativeLSTM, params, xs, threads: int) -> tuple[Runner, native.NativeStep]:
     step = kernel.step(params, np.asarray(xs), threads)
 
@@ -154,12 +175,13 @@ def _run_point(point, config: NativeCeilingConfig, kernel: native.NativeLSTM, th
     params, xs = make_inputs(point, config.seed)
     runners = {"lstmjax": jax_runner(anchors.lstmjax_anchor(), params, xs, WORKLOADS)}
     runners["native"], native_step = native_runner(kernel, params, xs, threads)
+    runners["native_jit"] = native_jit_runner(kernel, params, xs, threads)
     if with_torch:
         runners["torch"] = torch_runner(params, xs, threads, WORKLOADS)
     checks: dict[str, dict] = {w: {} for w in WORKLOADS}
     for workload in WORKLOADS:
         reference = runners["lstmjax"].check(workload, runners["lstmjax"].calls[workload]())
-        for name in ("native", "torch"):
+        for name in ("native", "native_jit", "torch"):
             if name not in runners:
                 continue
             differences = relative_differences(*runners[name].check(workload, runners[name].calls[workload]()),
@@ -214,13 +236,14 @@ def table(summary_: dict[str, Any]) -> str:
     """The printed table: one row per point and workload."""
     out = [f"matmul peak {summary_['peak_gflops_per_second']} GFLOP/s; {summary_['threads']} threads; "
            f"PyTorch: {summary_['torch']}",
-           f"{'point':<26}{'workload':<10}{'lstmjax ms':>11}{'native ms':>11}{'torch ms':>10}"
+           f"{'point':<26}{'workload':<10}{'lstmjax ms':>11}{'native ms':>11}{'in jit ms':>11}{'torch ms':>10}"
            f"{'native/lstmjax':>16}{'native/torch':>14}{'native % peak':>15}"]
     for row in summary_["rows"]:
         ms = row["ms"]
         torch_ms = f"{ms['torch']:>10.2f}" if "torch" in ms else f"{'-':>10}"
         to_torch = f"{row['native_to_torch']:>14.3f}" if row["native_to_torch"] else f"{'-':>14}"
-        out.append(f"{row['point']:<26}{row['workload']:<10}{ms['lstmjax']:>11.2f}{ms['native']:>11.2f}{torch_ms}"
+        out.append(f"{row['point']:<26}{row['workload']:<10}{ms['lstmjax']:>11.2f}{ms['native']:>11.2f}"
+                   f"{ms['native_jit']:>11.2f}{torch_ms}"
                    f"{row['ratio_to_lstmjax']['native']:>16.3f}{to_torch}"
                    f"{100 * row['fraction_of_peak']['native']:>14.0f}%")
     out.append(f"geometric mean of native/torch: {summary_['geomean_native_to_torch']}")

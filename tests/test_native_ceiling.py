@@ -71,6 +71,22 @@ def test_config_names_the_point_it_refuses():
         native_ceiling.NativeCeilingConfig(threads=65)
 
 
+@pytest.mark.parametrize("point, threads", [("8x5x3x32", 2), ("4x3x2x64", 1)])
+def test_kernel_inside_jit_equals_lstmjax(kernel, point, threads):
+    """The same kernel as an XLA FFI custom call inside `jax.jit`: lstmjax's loss and gradient, and
+    without gradients the same loss and zero gradients."""
+    params, xs = make_inputs(parse_point(point), seed=5)
+    loss, grads = jax.value_and_grad(anchors.lstmjax_anchor().loss)(params, xs)
+    call = jax.jit(kernel.jax_loss_and_grads(threads), static_argnames="with_grads")
+    native_loss, native_grads = call(params, xs)
+    differences = relative_differences(float(native_loss), lj.LSTMParams(*(np.asarray(g) for g in native_grads)),
+                                       float(loss), lj.LSTMParams(*(np.asarray(g) for g in grads)))
+    assert max(differences.values()) < 2e-6, differences
+    forward_loss, zeros = call(params, xs, with_grads=False)
+    assert float(forward_loss) == pytest.approx(float(native_loss), rel=1e-6)
+    assert all(not np.any(np.asarray(g)) for g in zeros)
+
+
 def test_weights_of_the_wrong_shape_are_refused(kernel):
     params, xs = make_inputs(parse_point("8x3x2x32"), seed=0)
     with pytest.raises(ValueError, match=r"params.w_h must have shape \(32, 128\), got \(32, 64\)"):
@@ -107,7 +123,8 @@ def test_study_checks_times_and_records(tmp_path, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     point = metrics["points"][0]
-    assert set(point["seconds"]["train"]) == {"lstmjax", "native"}
+    assert set(point["seconds"]["train"]) == {"lstmjax", "native", "native_jit"}
+    assert max(point["check_relative_differences"]["train"]["native_jit"].values()) < 2e-6
     assert all(len(times) == 2 for times in point["seconds"]["train"].values())
     assert max(point["check_relative_differences"]["train"]["native"].values()) < 2e-6
     row = next(r for r in summary["rows"] if r["workload"] == "train")
