@@ -62,6 +62,20 @@ def check_shape(batch_size: int, hidden_size: int, threads: int) -> None:
                          f"native kernel, got {batch_size}")
 
 
+def check_inputs(xs_shape: tuple[int, ...], param_shapes: lj.LSTMParams, threads: int) -> None:
+    """Raises `ValueError` unless `xs` is `(T, B, D)` with T, B, D >= 1, the weights' shapes
+    (`param_shapes`, an `lj.LSTMParams` of shapes) fit it, and `check_shape` accepts B, H and threads."""
+    if len(xs_shape) != 3 or min(xs_shape) < 1:
+        raise ValueError(f"xs must have shape (T, B, D) with T, B, D >= 1, got shape {tuple(xs_shape)}")
+    _, batch_size, input_size = xs_shape
+    hidden_size = param_shapes.w_h[0]
+    check_shape(batch_size, hidden_size, threads)
+    expected = {"w_x": (input_size, 4 * hidden_size), "w_h": (hidden_size, 4 * hidden_size), "b": (4 * hidden_size,)}
+    for field, shape in expected.items():
+        if tuple(getattr(param_shapes, field)) != shape:
+            raise ValueError(f"params.{field} must have shape {shape}, got {tuple(getattr(param_shapes, field))}")
+
+
 class NativeLSTM:
     """The compiled kernel. Use as a context manager (or call `close`) to remove the build folder.
 
@@ -113,7 +127,7 @@ class NativeLSTM:
         checked when it is traced."""
 
         def loss_and_grads(params: lj.LSTMParams, xs: jax.Array, with_grads: bool = True):
-            check_shape(xs.shape[1], params.w_h.shape[0], threads)
+            check_inputs(xs.shape, lj.LSTMParams(*(p.shape for p in params)), threads)
             results = [jax.ShapeDtypeStruct((1,), jnp.float32)] + [
                 jax.ShapeDtypeStruct(p.shape, jnp.float32) for p in params]
             loss, *grads = jax.ffi.ffi_call(self._target, results)(
@@ -136,20 +150,11 @@ class NativeStep:
     def __init__(self, library: ctypes.CDLL, params: lj.LSTMParams, xs: np.ndarray, threads: int):
         self._library = library
         self.xs = np.ascontiguousarray(xs, np.float32)
-        if self.xs.ndim != 3:
-            raise ValueError(f"xs must have shape (T, B, D), got {self.xs.shape}")
-        self.length, self.batch_size, input_size = self.xs.shape
-        if min(self.xs.shape) < 1:
-            raise ValueError(f"xs must have T, B, D >= 1, got shape {self.xs.shape}")
         self.params = lj.LSTMParams(*(np.ascontiguousarray(p, np.float32) for p in params))
+        check_inputs(self.xs.shape, lj.LSTMParams(*(p.shape for p in self.params)), threads)
+        self.length, self.batch_size, _ = self.xs.shape
         self.hidden_size = self.params.w_h.shape[0]
-        check_shape(self.batch_size, self.hidden_size, threads)
         self.threads = threads
-        expected = {"w_x": (input_size, 4 * self.hidden_size), "w_h": (self.hidden_size, 4 * self.hidden_size),
-                    "b": (4 * self.hidden_size,)}
-        for field, shape in expected.items():
-            if getattr(self.params, field).shape != shape:
-                raise ValueError(f"params.{field} must have shape {shape}, got {getattr(self.params, field).shape}")
         self.grads = lj.LSTMParams(*(np.zeros_like(p) for p in self.params))
         self._loss = np.zeros(1, np.float32)
         self._scale = 1.0 / (self.length * self.batch_size * self.hidden_size)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -93,6 +94,10 @@ def test_weights_of_the_wrong_shape_are_refused(kernel):
         kernel.step(params._replace(w_h=params.w_h[:, :64]), np.asarray(xs), 2)
     with pytest.raises(ValueError, match=r"params.b must have shape \(128,\), got \(4,\)"):
         kernel.step(params._replace(b=params.b[:4]), np.asarray(xs), 2)
+    with pytest.raises(ValueError, match=r"params.w_x must have shape \(2, 128\), got \(3, 128\)"):
+        jax.jit(kernel.jax_loss_and_grads(2))(params._replace(w_x=jnp.ones((3, 128))), xs)
+    with pytest.raises(ValueError, match=r"xs must have shape \(T, B, D\) with T, B, D >= 1, got shape \(3, 8\)"):
+        kernel.step(params, np.asarray(xs)[:, :, 0], 2)
 
 
 @needs_kernel
