@@ -87,22 +87,20 @@ class NativeLSTM:
         if reason:
             raise RuntimeError(f"cannot build the native kernel: {reason}")
         self._folder = tempfile.mkdtemp(prefix="lstmjax_native_")
+        try:
+            self._build(compiler)
+        except BaseException:  # the build folder goes whatever failed
+            self.close()
+            raise
+
+    def _build(self, compiler: str) -> None:
         library = os.path.join(self._folder, "liblstm_train_step.so")
         command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", library, *map(str, SOURCES)]
-        try:
-            built = subprocess.run(command, capture_output=True, text=True)
-        except OSError:
-            self.close()
-            raise
+        built = subprocess.run(command, capture_output=True, text=True)
         if built.returncode != 0:
-            self.close()
             raise RuntimeError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")
         self.command = " ".join(command)
-        try:
-            self._library = ctypes.CDLL(library)
-        except OSError:
-            self.close()
-            raise
+        self._library = ctypes.CDLL(library)
         pointer = ctypes.c_void_p
         self._library.lstm_train_step.argtypes = (
             [ctypes.c_int] * 4 + [pointer] * 4 + [ctypes.c_float, ctypes.c_int] + [pointer] * 5 + [ctypes.c_int])
@@ -181,7 +179,7 @@ class NativeStep:
         """Thread 0's seconds in each phase of the last call: packing the weights, the forward
         loop, the backward loop, waiting at the barrier, the weight gradients."""
         out = np.zeros(5, np.float64)
-        self._library.lstm_phase_times(out.ctypes.data)
+        self._library.lstm_phase_times(_address(out))
         return dict(zip(("pack", "forward", "backward", "barrier", "weight_gradients"), map(float, out)))
 
 

@@ -186,6 +186,31 @@ def time_round_robin(calls: dict[str, Callable[[], Any]], repeats: int, pause: f
     return times
 
 
+def agreement(name: str, point: Point, workload: str, result: tuple[float, lj.LSTMParams | None],
+              reference: tuple[float, lj.LSTMParams | None], rtol: float) -> dict[str, float]:
+    """`relative_differences` of `name`'s `(loss, grads)` from lstmjax's `reference`;
+    `AnchorMismatchError` if any of them exceeds `rtol`."""
+    differences = relative_differences(*result, *reference)
+    worst = max(differences, key=differences.get)
+    if not differences[worst] <= rtol:
+        raise AnchorMismatchError(
+            f"{name} at {point.label} ({workload}) does not compute what lstmjax computes: {worst} differs by "
+            f"{differences[worst]:.2e} relative (rtol {rtol:g}); all differences: {differences}")
+    return differences
+
+
+def time_workloads(runners: dict[str, Runner], point: Point, repeats: int, pause: float) -> tuple[dict, dict, dict]:
+    """`(seconds, medians, gflops)` per workload and runner: `time_round_robin` of every runner that has
+    the workload, the medians, and the achieved GFLOP/s (`lstm_flops`)."""
+    seconds, medians, gflops = {}, {}, {}
+    for workload in WORKLOADS:
+        calls = {name: r.calls[workload] for name, r in runners.items() if workload in r.calls}
+        seconds[workload] = time_round_robin(calls, repeats, pause)
+        medians[workload] = {name: float(np.median(t)) for name, t in seconds[workload].items()}
+        gflops[workload] = {name: 1e-9 * lstm_flops(point, workload) / m for name, m in medians[workload].items()}
+    return seconds, medians, gflops
+
+
 def matmul_peak(shapes: Sequence[tuple[int, int, int]], repeats: int, seed: int) -> list[dict[str, Any]]:
     """Jitted float32 `(m, k) @ (k, n)` for each shape: median seconds and GFLOP/s (`2·m·k·n` operations)."""
     results = []
@@ -294,25 +319,14 @@ def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable:
             if name == "lstmjax":
                 reference[workload] = (loss, grads)
                 continue
-            differences = relative_differences(loss, grads, *reference[workload])
-            checks[workload][name] = differences
-            worst = max(differences, key=differences.get)
-            if not differences[worst] <= config.rtol:
-                raise AnchorMismatchError(
-                    f"{name} at {point.label} ({workload}) does not compute what lstmjax computes: {worst} differs by "
-                    f"{differences[worst]:.2e} relative (rtol {config.rtol:g}); all differences: {differences}")
+            checks[workload][name] = agreement(name, point, workload, (loss, grads), reference[workload], config.rtol)
         for _ in range(config.warmup - 1):
             for runner in runners.values():
                 if workload in runner.calls:
                     runner.calls[workload]()
 
-    seconds, medians, ratios, gflops = {}, {}, {}, {}
-    for workload in WORKLOADS:
-        calls = {name: r.calls[workload] for name, r in runners.items() if workload in r.calls}
-        seconds[workload] = time_round_robin(calls, config.repeats, 1e-3 * config.pause_ms)
-        medians[workload] = {name: float(np.median(t)) for name, t in seconds[workload].items()}
-        ratios[workload] = {name: m / medians[workload]["lstmjax"] for name, m in medians[workload].items()}
-        gflops[workload] = {name: 1e-9 * lstm_flops(point, workload) / m for name, m in medians[workload].items()}
+    seconds, medians, gflops = time_workloads(runners, point, config.repeats, 1e-3 * config.pause_ms)
+    ratios = {w: {name: m / medians[w]["lstmjax"] for name, m in medians[w].items()} for w in WORKLOADS}
     return {**point._asdict(), "label": point.label, "flops": {w: lstm_flops(point, w) for w in WORKLOADS},
             "check_relative_differences": checks, "first_call_seconds": first_call, "seconds": seconds,
             "median_seconds": medians, "ratio_to_lstmjax": ratios, "gflops_per_second": gflops, "errors": errors}
