@@ -1,0 +1,154 @@
+"""Building and loading the native CPU kernel of the LSTM fast path (`native/lstm_cpu.cc`).
+
+The kernel is C++ with AVX-512 intrinsics and OpenMP, called by XLA as an FFI custom call. It is
+compiled on first use, not at install time, because it is built for the machine it runs on
+(`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
+
+    $CXX -O3 -march=native -fopenmp -shared -fPIC -std=c++17 -I<jax ffi headers> lstm_cpu.cc
+
+(`$CXX` defaults to `g++`). The library is cached in `$LSTMJAX_CACHE_DIR`, else
+`$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that hashes the source, the
+compiler's version, the flags, jax's version and the CPU's model and flags, so a new jax, compiler
+or machine builds afresh; the file is written under a temporary name and renamed into place, so
+an interrupted or concurrent build never leaves a broken library behind.
+
+Where the kernel cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
+or `LSTMJAX_NATIVE=0` in the environment) `lj.unroll` runs the XLA path instead, with the same
+results; `native_kernel_status()` says which and why. A failed build also warns once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from typing import NamedTuple
+
+import jax
+
+SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_cpu.cc"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward"}
+HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler"}
+
+
+class NativeStatus(NamedTuple):
+    """Whether the native kernel is in use, and why not if it is not.
+
+    Attributes:
+        available: the kernel is built, loaded and registered with XLA.
+        reason: what was built and where, or why the XLA path is used instead.
+    """
+
+    available: bool
+    reason: str
+
+
+_lock = threading.Lock()
+_status: NativeStatus | None = None
+_library: ctypes.CDLL | None = None  # kept alive for as long as XLA may call its handlers
+
+
+def native_kernel_status() -> NativeStatus:
+    """Builds (on first call) and registers the native LSTM kernel; says whether it is in use.
+
+    `lj.unroll` calls this itself; call it to find out which path an LSTM takes on this machine
+    (and, on the first call, to pay the one-off build of a few seconds up front).
+    """
+    global _status
+    with _lock:
+        if _status is None:
+            _status = _load()
+        return _status
+
+
+def _load() -> NativeStatus:
+    global _library
+    refusal = _unsupported_reason()
+    if refusal is not None:
+        return NativeStatus(False, refusal)
+    try:
+        path = _built_library()
+        library = ctypes.CDLL(str(path))
+        for kind, target in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, HANDLERS[kind])), platform="cpu")
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:
+        message = f"the native LSTM kernel could not be built or loaded ({error}); lj.unroll uses the XLA path"
+        warnings.warn(f"lstmjax: {message}", RuntimeWarning, stacklevel=3)
+        return NativeStatus(False, message)
+    _library = library
+    return NativeStatus(True, f"built from {SOURCE.name} into {path}")
+
+
+def _unsupported_reason() -> str | None:
+    """Why this machine cannot use the kernel at all, or `None`."""
+    if os.environ.get("LSTMJAX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "disabled by LSTMJAX_NATIVE"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"the kernel is for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
+    if "avx512f" not in _cpu_flags():
+        return "the CPU has no AVX-512F"
+    if shutil.which(_compiler()) is None:
+        return f"no C++ compiler {_compiler()!r} on PATH (set CXX to use another)"
+    if not SOURCE.is_file():
+        return f"the kernel's source {SOURCE} is missing from the installation"
+    return None
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpu_field("flags").split())
+
+
+def _cpu_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _built_library() -> pathlib.Path:
+    """The cached library for this source, compiler, jax and CPU, built if it is not there yet."""
+    compiler = _compiler()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__,
+                                    _cpu_field("model name"), _cpu_field("flags")]).encode()).hexdigest()[:16]
+    folder = _cache_dir()
+    path = folder / f"lstm_cpu-{key}.so"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
+    os.close(handle)
+    try:
+        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise OSError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return path
+
+
+def _cache_dir() -> pathlib.Path:
+    if os.environ.get("LSTMJAX_CACHE_DIR"):
+        return pathlib.Path(os.environ["LSTMJAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "lstmjax"
