@@ -38,6 +38,7 @@ from lstmjax._initializers import InitScheme
 from lstmjax._initializers import preset as init_preset
 from lstmjax._layers import Bidirectional, init_bidirectional, init_layers, unroll_bidirectional, unroll_layers
 from lstmjax._lstm import LSTMInternals, LSTMParams, LSTMState, lstm
+from lstmjax._native_build import NativeStatus, native_kernel_status
 from lstmjax._parallel import batch_sharding, data_parallel_mesh, replicate, shard_batch
 from lstmjax._rnn import RNNInternals, RNNParams, rnn
 from lstmjax._seeds import map_seeds
@@ -95,6 +96,7 @@ __all__ = [
     "LSTMParams",
     "LSTMState",
     "LogDecayFit",
+    "NativeStatus",
     "Normalizer",
     "RNNInternals",
     "RNNParams",
@@ -137,6 +139,7 @@ __all__ = [
     "make_train_step",
     "make_windows",
     "map_seeds",
+    "native_kernel_status",
     "replicate",
     "restore_checkpoint",
     "rnn",

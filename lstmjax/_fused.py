@@ -76,6 +76,10 @@ class FusedRecurrence(NamedTuple):
         min_hidden_size: the fast path is used from this `H` up. Below it the step-by-step scan
             was faster in our measurements (the extra passes over `(T, ..., G)` arrays outside the
             loop cost more than the smaller backward loop saves when each step's work is small).
+        native: the family's native CPU path, if it has one (`lstmjax._native`):
+            `native(params, xs, state, reverse) -> (final_state, ys)`, used instead of this one
+            where `lstmjax._native.can_run_natively` says it can be, from `native_min_hidden_size` up.
+        native_min_hidden_size: see `native`.
     """
 
     weights: Callable[[Any], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]]
@@ -84,6 +88,8 @@ class FusedRecurrence(NamedTuple):
     hidden: Callable[[Any], jax.Array]
     additive: bool = False
     min_hidden_size: int = 1
+    native: Callable[[Any, jax.Array, Any, bool], tuple[Any, jax.Array]] | None = None
+    native_min_hidden_size: int = 1
 
 
 def fused_unroll(recurrence: FusedRecurrence, params: Any, xs: jax.Array, state: Any,

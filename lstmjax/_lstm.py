@@ -22,6 +22,8 @@ from jax.typing import ArrayLike
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._native import MIN_HIDDEN_SIZE as NATIVE_MIN_HIDDEN_SIZE
+from lstmjax._native import native_unroll
 from lstmjax._products import recurrent_product
 
 
@@ -120,7 +122,8 @@ def _fused_tangent(coefficients, dxz: jax.Array, dhz: jax.Array, d_state: LSTMSt
 LSTM_FUSED = FusedRecurrence(
     weights=lambda params: (params.w_x, params.w_h, params.b, None),
     forward=_fused_forward, tangent=_fused_tangent,
-    hidden=lambda state: state.h, additive=True, min_hidden_size=128)
+    hidden=lambda state: state.h, additive=True, min_hidden_size=128,
+    native=native_unroll, native_min_hidden_size=NATIVE_MIN_HIDDEN_SIZE)
 """The LSTM's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`)."""
 
 

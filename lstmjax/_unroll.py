@@ -29,6 +29,7 @@ from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, Params, State, is_as_built, select_state, zero_where_invalid
 from lstmjax._fused import fused_unroll
+from lstmjax._native import can_run_natively
 
 
 def unroll(
@@ -64,12 +65,16 @@ def unroll(
     Returns:
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
-    `lj.lstm` cells from H = 128 and `lj.rnn` cells from H = 256 (where it measured faster on a
-    CPU) run on a fast path when no `resets` are given: the same forward scan, with a derivative
-    laid out so that the backward pass carries only the state's cotangent and forms the weight
-    gradients as single large matrix multiplies (`lstmjax._fused`). Forward mode, higher
-    derivatives, `vmap` and float64 work as on the step-by-step scan of `cell.step`, which every
-    other cell and option uses. Called outside `jit` on a built-in cell, the scan is compiled
+    On a CPU with AVX-512, an `lj.lstm` cell in float32 from H = 32, without `lengths`, `mask`,
+    `resets` or `remat`, runs both time loops (forward, and backward under `jax.grad`) in a native
+    kernel called by XLA (`lstmjax._native`; `lj.native_kernel_status()` says whether this machine
+    has it, `LSTMJAX_NATIVE=0` turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
+    cells from H = 256 (where it measured faster on a CPU) run on a fast path when no `resets`
+    are given: the same forward scan, with a derivative laid out so that the backward pass
+    carries only the state's cotangent and forms the weight gradients as single large matrix
+    multiplies (`lstmjax._fused`). On every path, forward mode, higher derivatives, `vmap` and
+    float64 work as on the step-by-step scan of `cell.step`, which every other cell and option
+    uses, and give the same results to rounding. Called outside `jit` on a built-in cell, the scan is compiled
     once per cell, options and shapes and reused.
     """
     final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
@@ -133,8 +138,13 @@ def _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_i
 def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_internals):
     steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     fused = cell.fused
-    if (with_internals or reset is not None or fused is None or not is_as_built(cell)
-            or cell.hidden_size < fused.min_hidden_size):
+    if with_internals or reset is not None or fused is None or not is_as_built(cell):
+        fused = None
+    if (fused is not None and fused.native is not None and valid is None and chunk is None
+            and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)):
+        final_state, ys = fused.native(params, xs, init_state, reverse)
+        return final_state, ys, None
+    if fused is not None and cell.hidden_size < fused.min_hidden_size:
         fused = None
 
     def run(carry, inputs):

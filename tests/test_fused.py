@@ -40,8 +40,13 @@ def cell(request):
 
 
 def _always_fused(cell):
-    """The cell with its fast path on at any size (it is off below `min_hidden_size` by default)."""
-    return cell._replace(fused=cell.fused._replace(min_hidden_size=1))
+    """The cell with its fast path on at any size (it is off below `min_hidden_size` by default), on XLA."""
+    return _on_xla(cell._replace(fused=cell.fused._replace(min_hidden_size=1)))
+
+
+def _on_xla(cell):
+    """The cell without the LSTM's native kernel (`lstmjax._native`, tested in test_native.py)."""
+    return cell._replace(fused=cell.fused._replace(native=None))
 
 
 def _step_by_step(cell):
@@ -76,7 +81,8 @@ def test_built_in_cells_have_a_fast_path_where_it_won(name):
     assert is_as_built(cell)
 
 
-@pytest.mark.parametrize("factory, threshold", [(lj.lstm, 128), (lambda h: lj.rnn(h, activation="relu"), 256)])
+@pytest.mark.parametrize("factory, threshold", [(lambda h: _on_xla(lj.lstm(h)), 128),
+                                                (lambda h: lj.rnn(h, activation="relu"), 256)])
 def test_fast_path_switches_on_at_the_measured_size(factory, threshold, monkeypatch):
     calls = []
     original = _fused.fused_unroll
@@ -228,11 +234,11 @@ def test_training_loops_read_their_matrices_row_major(name, path):
     assert not [eqn for eqn in in_loops if eqn.primitive.name == "dot_general" and id(eqn.invars[1]) in transposed]
 
 
-@pytest.mark.parametrize("hidden", [32, 128], ids=["step_by_step", "fast_path"])
-def test_remat_gives_the_same_gradients_with_less_memory(hidden):
+@pytest.mark.parametrize("path", ["step_by_step", "fast_path"])
+def test_remat_gives_the_same_gradients_with_less_memory(path):
     """T = 2000: the compiled training step's temporary memory shrinks several-fold (XLA's own
-    memory analysis of the compiled program, deterministic; no timing), on both paths."""
-    cell = lj.lstm(hidden)
+    memory analysis of the compiled program, deterministic; no timing), on both XLA paths."""
+    cell = _step_by_step(lj.lstm(32)) if path == "step_by_step" else _on_xla(lj.lstm(128))
     params = cell.init(jax.random.PRNGKey(0), 8)
     xs = jax.random.normal(jax.random.PRNGKey(1), (2000, 4, 8))
 

@@ -1,0 +1,363 @@
+"""The LSTM's native CPU path of `lj.unroll`: the time loops in a hand-written kernel, as XLA custom calls.
+
+On a CPU, XLA runs a `lax.scan` as a loop of small kernels, one per operation and step, and most
+of a training step's time goes to that loop rather than to arithmetic. Here the two loops of an
+LSTM's training step, forward through time and backward through time, are each one call of a C++
+kernel (`native/lstm_cpu.cc`, AVX-512 + OpenMP: register-blocked matrix products with the gate
+nonlinearities fused in, the batch rows split across threads). Everything else stays in XLA.
+
+The derivative is laid out as in `lstmjax._fused` (a `jax.custom_jvp` whose tangent JAX transposes
+into the backward pass), with three primitives:
+
+* `lstm_forward`: `(ys, c_last, gates, cs) = forward(xs, w_x, w_h, b, h0, c0)`, with `gates`
+  (`(T, B, 4H)`, the values of `i, f, g, o` after their nonlinearities) and `cs` (`(T, B, H)`, the
+  long-term memory after each step) saved only for a derivative;
+* `lstm_tangent`: `(dys, dh_T, dc_T) = L(dz, dh0, dc0)`, the sequence's derivative given the
+  tangent `dz` (`(T, B, 4H)`) of every step's pre-activations from the weights and inputs
+  (`dxs·w_x + xs·dw_x + db + h_{t-1}·dw_h`, formed outside the loop); linear in `(dz, dh0, dc0)`,
+  with `w_h, gates, cs, c0` as coefficients;
+* `lstm_backward`: the transpose of `lstm_tangent`, `(dz, dh0, dc0) = Lᵀ(ct_ys, ct_h, ct_c)`:
+  backpropagation through time carrying only `dh, dc`, native. The weight gradients are then the
+  transposes of the products outside the loop: single large matrix multiplies in XLA.
+
+Each primitive has a pure-JAX reference (a `lax.scan`) that defines it: the references give the
+primitives' lowering off the CPU, their derivatives where a coefficient has a tangent (Hessians
+and other higher derivatives), and `vmap` over different weights; `vmap` over the data alone folds
+the mapped axis into the kernel's batch. So forward mode, every order of derivative and `vmap`
+work as on the XLA path, which the tests check against it.
+
+`lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 on the CPU, with no `lengths`,
+`mask`, `resets` or `remat`, from `MIN_HIDDEN_SIZE` up, when the kernel is available
+(`lstmjax._native_build`). Inside the custom calls' lowering the batch is padded to a multiple of
+4 rows and `H` to a multiple of 32 units with zeros (padded units keep `c = h = 0` and zero
+derivatives, so they change nothing) and the results are sliced back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from lstmjax._native_build import TARGETS, native_kernel_status
+
+MIN_HIDDEN_SIZE = 32
+"""The native path is used from this hidden size up (see `lstmjax._unroll.unroll`)."""
+
+ROW_BLOCK = 4  # the kernel's batch rows come in blocks of this many
+UNIT_BLOCK = 32  # ... and its hidden units in blocks of this many
+
+
+# ---------------------------------------------------------------- references (the primitives' meaning)
+
+def _split_gates(a: jax.Array) -> list[jax.Array]:
+    return jnp.split(a, 4, axis=-1)
+
+
+def forward_reference(xs, w_x, w_h, b, h0, c0, *, save: bool):
+    """`lstm_forward` in JAX. xs `(T, B, D)`, w_x `(D, 4H)`, w_h `(H, 4H)`, b `(4H,)`, h0, c0 `(B, H)`;
+    returns ys `(T, B, H)`, c_last `(B, H)`, gates `(T, B, 4H)` and cs `(T, B, H)` (both `(0,)` unless `save`)."""
+    def step(carry, x):
+        h, c = carry
+        zi, zf, zg, zo = _split_gates(x @ w_x + h @ w_h + b)
+        i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), ((h, jnp.concatenate([i, f, g, o], axis=-1), c) if save else (h,))
+
+    (_, c_last), stacked = lax.scan(step, (h0, c0), xs)
+    empty = jnp.zeros((0,), xs.dtype)
+    return (stacked[0], c_last, stacked[1], stacked[2]) if save else (stacked[0], c_last, empty, empty)
+
+
+def tangent_reference(w_h, gates, cs, c0, dz, dh0, dc0):
+    """`lstm_tangent` in JAX: the forward-mode scan `dz_t + dh_{t-1}·w_h` -> the step's linearisation.
+    Returns dys `(T, B, H)`, dh_T, dc_T `(B, H)`."""
+    c_before = jnp.concatenate([c0[None], cs[:-1]])
+
+    def step(carry, inputs):
+        dh, dc = carry
+        gates_t, c_t, c_before_t, dz_t = inputs
+        i, f, g, o = _split_gates(gates_t)
+        dzi, dzf, dzg, dzo = _split_gates(dz_t + dh @ w_h)
+        tanh_c = jnp.tanh(c_t)
+        dc = f * dc + c_before_t * f * (1 - f) * dzf + i * (1 - g * g) * dzg + g * i * (1 - i) * dzi
+        dh = o * (1 - tanh_c * tanh_c) * dc + tanh_c * o * (1 - o) * dzo
+        return (dh, dc), dh
+
+    (dh_last, dc_last), dys = lax.scan(step, (dh0, dc0), (gates, cs, c_before, dz))
+    return dys, dh_last, dc_last
+
+
+def backward_reference(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+    """`lstm_backward` in JAX: the transpose of `tangent_reference` in `(dz, dh0, dc0)`."""
+    steps, batch, hidden = cs.shape
+    linear = functools.partial(tangent_reference, w_h, gates, cs, c0)
+    avals = (jax.ShapeDtypeStruct((steps, batch, 4 * hidden), gates.dtype),
+             jax.ShapeDtypeStruct((batch, hidden), c0.dtype), jax.ShapeDtypeStruct((batch, hidden), c0.dtype))
+    return jax.linear_transpose(linear, *avals)((ct_ys, ct_h, ct_c))
+
+
+# ---------------------------------------------------------------- primitives
+
+def _threads(batch: int) -> int:
+    """OpenMP threads for a batch of `batch` rows: every core this process may use, at most one per row block."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, batch // ROW_BLOCK, 256))
+
+
+def _aval(shape, dtype):
+    return jax.core.ShapedArray(tuple(shape), dtype)
+
+
+def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
+    """A multiple-result primitive that runs `native` (custom calls of the kernel) on the CPU and
+    `reference` everywhere else; eager calls compile it with `jax.jit`."""
+    primitive = Primitive(name)
+    primitive.multiple_results = True
+    primitive.def_abstract_eval(abstract_eval)
+    primitive.def_impl(lambda *args, **params: jax.jit(functools.partial(primitive.bind, **params))(*args))
+    mlir.register_lowering(primitive, mlir.lower_fun(reference, multiple_results=True))
+    if native is not None:
+        def on_cpu(*args, **params):  # the reference where the kernel cannot be built
+            return (native if native_kernel_status().available else reference)(*args, **params)
+        mlir.register_lowering(primitive, mlir.lower_fun(on_cpu, multiple_results=True), platform="cpu")
+    return primitive
+
+
+def _pad_units(a: jax.Array, units: int, gates: bool) -> jax.Array:
+    """`a` with `units` zero units appended to its last axis: to each of the four gate blocks if `gates`."""
+    if not units:
+        return a
+    if not gates:
+        return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, units)])
+    blocks = a.reshape(*a.shape[:-1], 4, a.shape[-1] // 4)
+    return jnp.pad(blocks, [(0, 0)] * (blocks.ndim - 1) + [(0, units)]).reshape(*a.shape[:-1], -1)
+
+
+def _unpad(a: jax.Array, batch: int, hidden: int, gates: bool, batch_axis: int) -> jax.Array:
+    """Inverse of the kernel's padding: the first `batch` rows and `hidden` units (per gate if `gates`)."""
+    a = lax.slice_in_dim(a, 0, batch, axis=batch_axis)
+    if gates:
+        blocks = a.reshape(*a.shape[:-1], 4, a.shape[-1] // 4)[..., :hidden]
+        return blocks.reshape(*a.shape[:-1], 4 * hidden)
+    return a[..., :hidden]
+
+
+def _forward_native(xs, w_x, w_h, b, h0, c0, *, save):
+    """`lstm_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
+    steps, batch, _ = xs.shape
+    hidden = w_h.shape[0]
+    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    padded = (steps, batch + rows, hidden + units)
+    xs = jnp.pad(xs, ((0, 0), (0, rows), (0, 0)))
+    w_x, b = _pad_units(w_x, units, gates=True), _pad_units(b, units, gates=True)
+    w_h = jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+    h0, c0 = (jnp.pad(s, ((0, rows), (0, units))) for s in (h0, c0))
+    shapes = [jax.ShapeDtypeStruct(padded, xs.dtype), jax.ShapeDtypeStruct(padded[1:], xs.dtype),
+              jax.ShapeDtypeStruct((*padded[:2], 4 * padded[2]) if save else (0,), xs.dtype),
+              jax.ShapeDtypeStruct(padded if save else (0,), xs.dtype)]
+    ys, c_last, gates, cs = jax.ffi.ffi_call(TARGETS["forward"], shapes)(
+        xs, w_x, w_h, b, h0, c0, threads=np.int32(_threads(padded[1])), save=np.int32(save))
+    ys, c_last = _unpad(ys, batch, hidden, False, 1), _unpad(c_last, batch, hidden, False, 0)
+    if save:
+        gates, cs = _unpad(gates, batch, hidden, True, 1), _unpad(cs, batch, hidden, False, 1)
+    return ys, c_last, gates, cs
+
+
+def _backward_native(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+    """`lstm_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
+    steps, batch, hidden = cs.shape
+    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    pad_rows = lambda a, axis: jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])  # noqa: E731
+    w_h = jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+    gates = pad_rows(_pad_units(gates, units, gates=True), 1)
+    cs, ct_ys = (pad_rows(_pad_units(a, units, gates=False), 1) for a in (cs, ct_ys))
+    c0, ct_h, ct_c = (pad_rows(_pad_units(a, units, gates=False), 0) for a in (c0, ct_h, ct_c))
+    shapes = [jax.ShapeDtypeStruct(gates.shape, gates.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
+              jax.ShapeDtypeStruct(c0.shape, c0.dtype)]
+    dz, dh0, dc0 = jax.ffi.ffi_call(TARGETS["backward"], shapes)(
+        w_h, gates, cs, c0, ct_ys, ct_h, ct_c, threads=np.int32(_threads(batch + rows)))
+    return (_unpad(dz, batch, hidden, True, 1), _unpad(dh0, batch, hidden, False, 0),
+            _unpad(dc0, batch, hidden, False, 0))
+
+
+def _forward_avals(xs, w_x, w_h, b, h0, c0, *, save):
+    steps, batch, _ = xs.shape
+    hidden = w_h.shape[0]
+    saved = ((steps, batch, 4 * hidden), (steps, batch, hidden)) if save else ((0,), (0,))
+    return (_aval((steps, batch, hidden), xs.dtype), _aval((batch, hidden), xs.dtype),
+            _aval(saved[0], xs.dtype), _aval(saved[1], xs.dtype))
+
+
+def _tangent_avals(w_h, gates, cs, c0, dz, dh0, dc0):
+    return _aval(cs.shape, cs.dtype), _aval(c0.shape, c0.dtype), _aval(c0.shape, c0.dtype)
+
+
+def _backward_avals(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+    return _aval(gates.shape, gates.dtype), _aval(c0.shape, c0.dtype), _aval(c0.shape, c0.dtype)
+
+
+forward_p = _primitive("lstm_forward", forward_reference, _forward_avals, _forward_native)
+tangent_p = _primitive("lstm_tangent", tangent_reference, _tangent_avals)
+backward_p = _primitive("lstm_backward", backward_reference, _backward_avals, _backward_native)
+
+COEFFICIENTS = 4  # tangent_p and backward_p: (w_h, gates, cs, c0) first, then the three linear arguments
+
+
+# ---- derivatives
+
+def _instantiate(tangents, primals):
+    return [jnp.zeros(p.shape, p.dtype) if type(t) is ad.Zero else t for t, p in zip(tangents, primals)]
+
+
+def _forward_jvp(primals, tangents, *, save):
+    outputs, output_tangents = jax.jvp(functools.partial(forward_reference, save=save), tuple(primals),
+                                       tuple(_instantiate(tangents, primals)))
+    return list(outputs), list(output_tangents)
+
+
+def _linear_jvp(primitive, reference):
+    """JVP of `tangent_p`/`backward_p`: the primitive itself where only its linear arguments have
+    tangents (first-order use), the reference's JVP where a coefficient has one too."""
+    def jvp(primals, tangents):
+        outputs = primitive.bind(*primals)
+        if all(type(t) is ad.Zero for t in tangents[:COEFFICIENTS]):
+            return outputs, primitive.bind(*primals[:COEFFICIENTS],
+                                           *_instantiate(tangents[COEFFICIENTS:], primals[COEFFICIENTS:]))
+        _, output_tangents = jax.jvp(reference, tuple(primals), tuple(_instantiate(tangents, primals)))
+        return outputs, list(output_tangents)
+    return jvp
+
+
+def _linear_transpose(transposed):
+    """Transpose rule of `tangent_p`/`backward_p` in its three linear arguments: the other one."""
+    def transpose(cotangents, *args):
+        coefficients, linear = args[:COEFFICIENTS], args[COEFFICIENTS:]
+        if any(ad.is_undefined_primal(a) for a in coefficients):
+            raise NotImplementedError("the LSTM kernel's derivative is linear only in its last three arguments")
+        cotangents = [jnp.zeros(aval.shape, aval.dtype) if type(ct) is ad.Zero else ct
+                      for ct, aval in zip(cotangents, _transposed_output_avals(transposed, coefficients))]
+        results = transposed.bind(*coefficients, *cotangents)
+        return [None] * COEFFICIENTS + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
+    return transpose
+
+
+def _transposed_output_avals(transposed, coefficients):
+    """Shapes of the cotangents that `transposed` takes: the outputs of the primitive being transposed."""
+    w_h, gates, cs, c0 = coefficients
+    if transposed is backward_p:  # transposing tangent_p: cotangents of (dys, dh_T, dc_T)
+        return _tangent_avals(w_h, gates, cs, c0, None, None, None)
+    return _backward_avals(w_h, gates, cs, c0, None, None, None)  # transposing backward_p: of (dz, dh0, dc0)
+
+
+ad.primitive_jvps[forward_p] = _forward_jvp
+ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference)
+ad.primitive_jvps[backward_p] = _linear_jvp(backward_p, backward_reference)
+ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p)
+ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p)
+
+
+# ---- vmap
+
+# Batch axis of each argument in the kernel's layout (xs and the stacked arrays are (T, B, ...)),
+# None for the weights, which cannot be folded into the batch.
+_BATCH_AXES = {
+    forward_p: ((1, None, None, None, 0, 0), lambda save: (1, 0, 1, 1) if save else (1, 0, None, None)),
+    tangent_p: ((None, 1, 1, 0, 1, 0, 0), lambda: (1, 0, 0)),
+    backward_p: ((None, 1, 1, 0, 1, 0, 0), lambda: (1, 0, 0)),
+}
+_REFERENCES = {forward_p: forward_reference, tangent_p: tangent_reference, backward_p: backward_reference}
+
+
+def _batching_rule(primitive):
+    """`vmap` of a primitive: the mapped axis folded into the kernel's batch when no weight is
+    mapped (`vmap` over examples or sequences), the reference under `vmap` otherwise."""
+    def rule(args, dims, **params):
+        axes, output_axes = _BATCH_AXES[primitive]
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        if any(d is not None for a, d in zip(axes, dims) if a is None):
+            outputs = jax.vmap(functools.partial(_REFERENCES[primitive], **params), in_axes=tuple(dims))(*args)
+            return list(outputs), [0] * len(outputs)
+        folded = [a if axis is None else _fold(a, d, axis, size) for a, d, axis in zip(args, dims, axes)]
+        outputs = primitive.bind(*folded, **params)
+        out_axes = output_axes(**params)
+        return ([o if axis is None else _unfold(o, axis, size) for o, axis in zip(outputs, out_axes)],
+                list(out_axes))
+    return rule
+
+
+def _fold(a, dim, axis, size):
+    """Moves the mapped axis `dim` (or a broadcast one, if `None`) in front of the batch axis `axis`
+    and merges the two."""
+    a = jnp.broadcast_to(a[None], (size, *a.shape)) if dim is None else jnp.moveaxis(a, dim, 0)
+    a = jnp.moveaxis(a, 0, axis)
+    return a.reshape(*a.shape[:axis], size * a.shape[axis + 1], *a.shape[axis + 2:])
+
+
+def _unfold(a, axis, size):
+    return a.reshape(*a.shape[:axis], size, a.shape[axis] // size, *a.shape[axis + 1:])
+
+
+for _p in (forward_p, tangent_p, backward_p):
+    batching.primitive_batchers[_p] = _batching_rule(_p)
+
+
+# ---------------------------------------------------------------- the sequence, and lj.unroll's entry
+
+@jax.custom_jvp
+def _sequence(w_x, w_h, b, xs, h0, c0):
+    ys, c_last, _, _ = forward_p.bind(xs, w_x, w_h, b, h0, c0, save=False)
+    return ys, c_last
+
+
+def _sequence_jvp(primals, tangents):
+    w_x, w_h, b, xs, h0, c0 = primals
+    dw_x, dw_h, db, dxs, dh0, dc0 = tangents
+    ys, c_last, gates, cs = forward_p.bind(xs, w_x, w_h, b, h0, c0, save=True)
+    h_before = jnp.concatenate([h0[None], ys[:-1]])
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
+    # As 2-D products, so that their transposes (the weight gradients) read dz (T·B, 4H) as it is laid out.
+    terms = [(dxs, lambda d: rows(d) @ w_x), (dw_x, lambda d: rows(xs) @ d), (db, lambda d: d[None]),
+             (dw_h, lambda d: rows(h_before) @ d)]
+    dz = None
+    for tangent, term in terms:
+        if not isinstance(tangent, SymbolicZero):
+            dz = term(tangent) if dz is None else dz + term(tangent)
+    dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape).reshape(gates.shape)
+    dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))
+    dys, _, dc_last = tangent_p.bind(w_h, gates, cs, c0, dz, dh0, dc0)
+    return (ys, c_last), (dys, dc_last)
+
+
+_sequence.defjvp(_sequence_jvp, symbolic_zeros=True)
+
+
+def can_run_natively(params, xs: jax.Array, state) -> bool:
+    """Whether `native_unroll` can take this call: float32 everywhere, at least one step and one
+    sequence, a CPU as the default backend and the kernel built (built here on first use)."""
+    leaves = [xs, *jax.tree_util.tree_leaves(params), *jax.tree_util.tree_leaves(state)]
+    return (all(leaf.dtype == jnp.float32 for leaf in leaves) and xs.shape[0] >= 1 and xs.size > 0
+            and jax.default_backend() == "cpu" and native_kernel_status().available)
+
+
+def native_unroll(params, xs: jax.Array, state, reverse: bool):
+    """`(final_state, ys)` of an LSTM (`lj.LSTMParams`, `lj.LSTMState`) over `xs` `(T, *batch, D)`."""
+    steps, batch_shape, inputs = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
+    hidden = params.w_h.shape[0]
+    batch = int(np.prod(batch_shape, dtype=np.int64))
+    xs = xs.reshape(steps, batch, inputs)
+    h0, c0 = (s.reshape(batch, hidden) for s in (state.h, state.c))
+    ys, c_last = _sequence(params.w_x, params.w_h, params.b, xs[::-1] if reverse else xs, h0, c0)
+    h_last = ys[-1]
+    if reverse:
+        ys = ys[::-1]
+    final = type(state)(h=h_last.reshape(*batch_shape, hidden), c=c_last.reshape(*batch_shape, hidden))
+    return final, ys.reshape(steps, *batch_shape, hidden)

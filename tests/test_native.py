@@ -1,0 +1,221 @@
+"""The LSTM's native CPU path of `lj.unroll` (`lstmjax._native`, kernel `lstmjax/native/lstm_cpu.cc`).
+
+It must be invisible: for every shape (padded rows and units included), direction and kind of
+derivative it equals the XLA step-by-step scan of the same cell, in float32 to rounding; `vmap`
+works over data (folded into the kernel's batch) and over weights (the reference); `lj.unroll`
+takes it exactly where it should, and a machine without the kernel gets the XLA path, not an error.
+The tests that need the kernel skip where it cannot be built (no g++, no AVX-512).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_trees_all_close, equations
+
+import lstmjax as lj
+from lstmjax import _native
+from lstmjax._native_build import native_kernel_status
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    status = native_kernel_status()
+    if not status.available:
+        pytest.skip(f"native kernel unavailable: {status.reason}")
+
+
+def _problem(steps, batch_shape, inputs, hidden, seed=0):
+    cell = lj.lstm(hidden)
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    params = jax.tree_util.tree_map(lambda w: 2.0 * w, cell.init(keys[0], inputs))  # gates away from 0.5
+    xs = jax.random.normal(keys[1], (steps, *batch_shape, inputs))
+    state = lj.LSTMState(h=0.5 * jax.random.normal(keys[2], (*batch_shape, hidden)),
+                         c=jax.random.normal(keys[3], (*batch_shape, hidden)))
+    return cell, params, xs, state
+
+
+def _xla(cell):
+    """The same cell on the XLA step-by-step scan."""
+    return cell._replace(fused=None)
+
+
+def _loss(cell, reverse=False):
+    """Depends nonlinearly on every output and on both parts of the final state."""
+    def loss(params, xs, state):
+        final, ys = lj.unroll(cell, params, xs, state, reverse=reverse)
+        return jnp.sum(jnp.sin(3.0 * ys)) + jnp.sum(0.3 * final.h) + jnp.sum(jnp.cos(final.c))
+    return loss
+
+
+def _ops(function, *args):
+    return {eqn.primitive.name for eqn, _ in equations(jax.make_jaxpr(function)(*args).jaxpr)}
+
+
+SHAPES = {
+    "B32_H128": (20, (32,), 16, 128),
+    "B3_H40_padded": (9, (3,), 5, 40),
+    "unbatched_H64": (6, (), 3, 64),
+    "batch2x3_H32": (5, (2, 3), 4, 32),
+    "T1_B8_H96": (1, (8,), 7, 96),
+}
+
+
+def _in_float64(function, *args):
+    """`function(*args)` on the XLA path with every argument in float64: the exact answer to compare against."""
+    with jax.enable_x64(True):
+        return jax.tree_util.tree_map(np.asarray, function(*jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, jnp.float64), args)))
+
+
+def assert_as_accurate_as_xla(native, xla, exact, floor=1e-6):
+    """Each leaf of `native` is as close to `exact` (float64) as the XLA float32 path's: its largest
+    error, relative to the leaf's largest value, at most twice XLA's (or `floor`)."""
+    for index, (n, x, e) in enumerate(zip(*(jax.tree_util.tree_leaves(t) for t in (native, xla, exact)))):
+        scale = max(float(np.max(np.abs(e))), 1e-30)
+        error_native, error_xla = (float(np.max(np.abs(np.asarray(a, np.float64) - e))) / scale for a in (n, x))
+        assert error_native <= max(2 * error_xla, floor), f"leaf {index}: native {error_native}, XLA {error_xla}"
+
+
+CASES = {"B32_H128": False, "B3_H40_padded-reverse": True, "unbatched_H64": False, "batch2x3_H32-reverse": True,
+         "T1_B8_H96": False}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
+    reverse = CASES[case]
+    cell, params, xs, state = _problem(*SHAPES[case.removesuffix("-reverse")])
+    unroll = lambda c: (lambda *a: lj.unroll(c, *a, reverse=reverse))  # noqa: E731
+    gradient = lambda c: jax.grad(_loss(c, reverse), argnums=(0, 1, 2))  # noqa: E731
+    assert "lstm_forward" in _ops(unroll(cell), params, xs, state)
+    for function in (unroll, gradient):
+        assert_as_accurate_as_xla(jax.jit(function(cell))(params, xs, state), function(_xla(cell))(params, xs, state),
+                                  _in_float64(function(_xla(cell)), params, xs, state))
+
+
+def test_the_gradient_runs_the_backward_kernel_and_no_loop():
+    """Under `jax.grad` both time loops are the kernel's: the compiled program has no while loop."""
+    cell, params, xs, state = _problem(*SHAPES["B32_H128"])
+    ops = _ops(jax.grad(_loss(cell)), params, xs, state)
+    assert {"lstm_forward", "lstm_backward"} <= ops and "scan" not in ops, ops
+    hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
+    assert "lstmjax_lstm_backward" in hlo and "while" not in hlo
+
+
+def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
+    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
+    tangents = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape), (params, xs, state))
+    unroll = lambda c: (lambda p, x, s: lj.unroll(c, p, x, s))  # noqa: E731
+    assert_trees_all_close(jax.jvp(unroll(cell), (params, xs, state), tangents),
+                           jax.jvp(unroll(_xla(cell)), (params, xs, state), tangents), rtol=1e-4, atol=2e-5)
+
+    def hvp(c):  # forward over reverse
+        return jax.jvp(lambda p: jax.grad(_loss(c))(p, xs, state), (params,), (tangents[0],))[1]
+
+    def reverse_over_forward(c):
+        return jax.grad(lambda p: jax.jvp(lambda q: _loss(c)(q, xs, state), (p,), (tangents[0],))[1])(params)
+
+    def reverse_over_reverse(c):
+        return jax.grad(lambda p: jnp.sum(jax.grad(_loss(c))(p, xs, state).w_h ** 2))(params)
+
+    for second in (hvp, reverse_over_forward, reverse_over_reverse):
+        assert_trees_all_close(second(cell), second(_xla(cell)), rtol=1e-3, atol=1e-4)
+
+
+def test_vmap_over_data_folds_into_the_kernel_and_over_weights_uses_the_reference():
+    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
+    many_xs = jnp.stack([xs, 0.5 * xs, -xs])
+    per_example = jax.vmap(jax.grad(_loss(cell)), in_axes=(None, 0, None))
+    assert "lstm_backward" in _ops(per_example, params, many_xs, state)
+    assert_trees_all_close(per_example(params, many_xs, state),
+                           jax.vmap(jax.grad(_loss(_xla(cell))), in_axes=(None, 0, None))(params, many_xs, state),
+                           rtol=1e-4, atol=2e-5)
+    seeds = jax.tree_util.tree_map(lambda w: jnp.stack([w, 0.7 * w]), params)
+    over_seeds = (0, None, None)
+    for transform in (lambda c: jax.vmap(jax.grad(_loss(c)), in_axes=over_seeds),
+                      lambda c: jax.grad(lambda p, x, s: jnp.sum(jax.vmap(_loss(c), in_axes=over_seeds)(p, x, s)))):
+        assert_trees_all_close(transform(cell)(seeds, xs, state), transform(_xla(cell))(seeds, xs, state),
+                               rtol=1e-4, atol=2e-5)
+
+
+def test_nan_inputs_give_nan_outputs():
+    cell, params, xs, state = _problem(*SHAPES["B32_H128"])
+    _, ys = lj.unroll(cell, params, xs.at[3, 5, 0].set(jnp.nan), state)
+    assert not np.isnan(np.asarray(ys[:3])).any()
+    assert np.isnan(np.asarray(ys[3, 5])).all(), "the sequence with the NaN input must be NaN from there on"
+    assert not np.isnan(np.asarray(ys[:, 4])).any(), "other sequences are independent of it"
+
+
+@pytest.mark.parametrize("case", ["float64", "mask", "resets", "remat", "below_threshold", "gru"])
+def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
+    hidden = 16 if case == "below_threshold" else 64
+    cell, params, xs, state = _problem(6, (4,), 3, hidden)
+    options = {"mask": {"mask": np.ones((6, 4), bool)}, "resets": {"resets": np.zeros((6, 4), bool)},
+               "remat": {"remat": 2}}.get(case, {})
+    if case == "gru":
+        cell = lj.gru(hidden)
+        params, state = cell.init(jax.random.PRNGKey(0), 3), None
+    if case == "float64":
+        with jax.enable_x64(True):
+            params, xs = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, xs))
+            state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), state)
+            assert "lstm_forward" not in _ops(lambda p: lj.unroll(cell, p, xs, state), params)
+        return
+    assert "lstm_forward" not in _ops(lambda p: lj.unroll(cell, p, xs, state, **options), params)
+
+
+def _run_python(code, **environment):
+    env = {**os.environ, **environment}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+_XLA_AGREES = """
+    import warnings, jax, jax.numpy as jnp, numpy as np
+    import lstmjax as lj
+    from lstmjax._native_build import native_kernel_status
+    cell = lj.lstm(64)
+    params = cell.init(jax.random.PRNGKey(0), 3)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 8, 3))
+    loss = lambda c: jax.grad(lambda p: jnp.sum(lj.unroll(c, p, xs)[1] ** 2))(params)
+    np.testing.assert_allclose(loss(cell).w_h, loss(cell._replace(fused=None)).w_h, rtol=1e-4, atol=1e-6)
+    print(native_kernel_status())
+"""
+
+
+def test_without_the_kernel_lj_unroll_falls_back_with_a_reason(tmp_path):
+    off = _run_python(_XLA_AGREES, LSTMJAX_NATIVE="0")
+    assert "available=False" in off.stdout and "disabled by LSTMJAX_NATIVE" in off.stdout
+    broken = _run_python(_XLA_AGREES, CXX="false", LSTMJAX_CACHE_DIR=str(tmp_path / "empty"))
+    assert "available=False" in broken.stdout and "could not be built" in broken.stdout
+    assert "RuntimeWarning: lstmjax: the native LSTM kernel could not be built" in broken.stderr
+
+
+def test_a_build_lands_in_the_cache_whole_and_is_reused(tmp_path):
+    first = _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
+    libraries = sorted(p.name for p in tmp_path.iterdir())
+    assert "available=True" in first.stdout and len(libraries) == 1 and libraries[0].endswith(".so"), libraries
+    stamp = (tmp_path / libraries[0]).stat().st_mtime_ns
+    _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
+    assert (tmp_path / libraries[0]).stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+
+
+def test_fewer_openmp_threads_than_asked_still_compute_every_row():
+    _run_python(_XLA_AGREES, OMP_THREAD_LIMIT="1")
+
+
+def test_kernel_refuses_inconsistent_shapes_by_name():
+    """The custom call checks its buffers itself (the wrappers never send such shapes)."""
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in [(2, 4, 32), (4, 32), (2, 4, 128), (2, 4, 32)]]
+    call = jax.ffi.ffi_call(_native.TARGETS["forward"], shapes)
+    xs, w_x = jnp.zeros((2, 4, 3)), jnp.zeros((5, 128))  # w_x should have 3 rows
+    with pytest.raises(Exception, match=r"w_x"):
+        jax.block_until_ready(jax.jit(lambda *a: call(*a, threads=np.int32(1), save=np.int32(1)))(
+            xs, w_x, jnp.zeros((32, 128)), jnp.zeros(128), jnp.zeros((4, 32)), jnp.zeros((4, 32))))
