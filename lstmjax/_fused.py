@@ -78,7 +78,8 @@ class FusedRecurrence(NamedTuple):
             loop cost more than the smaller backward loop saves when each step's work is small).
         native: the family's native CPU path, if it has one (`lstmjax._native`):
             `native(params, xs, state, reverse) -> (final_state, ys)`, used instead of this one
-            where `lstmjax._native.can_run_natively` says it can be, from `native_min_hidden_size` up.
+            from `native_min_hidden_size` up, without `lengths`, `mask`, `resets` or `remat`,
+            where `lstmjax._native.can_run_natively` says it can be.
         native_min_hidden_size: see `native`.
     """
 

@@ -21,16 +21,21 @@ into the backward pass), with three primitives:
   transposes of the products outside the loop: single large matrix multiplies in XLA.
 
 Each primitive has a pure-JAX reference (a `lax.scan`) that defines it: the references give the
-primitives' lowering off the CPU, their derivatives where a coefficient has a tangent (Hessians
-and other higher derivatives), and `vmap` over different weights; `vmap` over the data alone folds
-the mapped axis into the kernel's batch. So forward mode, every order of derivative and `vmap`
-work as on the XLA path, which the tests check against it.
+primitives' lowering off the CPU and under `jax.export`, and their derivatives where a coefficient
+has a tangent (Hessians and other higher derivatives). Under `vmap`, a mapped axis of the data
+alone is folded into the kernel's batch, and a mapped weight (`vmap` over models or seeds) gives
+one kernel call per item in a `lax.map`. The tests check values and derivatives of every kind
+(`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
+`vmap` both ways against the XLA scan and float64.
 
-`lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 on the CPU, with no `lengths`,
-`mask`, `resets` or `remat`, from `MIN_HIDDEN_SIZE` up, when the kernel is available
-(`lstmjax._native_build`). Inside the custom calls' lowering the batch is padded to a multiple of
-4 rows and `H` to a multiple of 32 units with zeros (padded units keep `c = h = 0` and zero
-derivatives, so they change nothing) and the results are sliced back.
+`lj.unroll` takes this path for an as-built `lj.lstm` cell in float32, with no `lengths`, `mask`,
+`resets` or `remat`, from `MIN_HIDDEN_SIZE` up, when `can_run_natively` holds: concrete shapes,
+a single CPU device as the default backend and the kernel available (`lstmjax._native_build`:
+Linux on x86-64 with AVX-512F and a C++ compiler). With several devices it is not used: XLA
+cannot split an opaque custom call across a sharded batch. Inside the custom calls' lowering the
+batch is padded to a multiple of 4 rows and `H` to a multiple of 32 units with zeros (padded
+units keep `c = h = 0` and zero derivatives, so they change nothing) and the results are sliced
+back.
 """
 
 from __future__ import annotations
@@ -119,16 +124,25 @@ def _aval(shape, dtype):
 
 def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
     """A multiple-result primitive that runs `native` (custom calls of the kernel) on the CPU and
-    `reference` everywhere else; eager calls compile it with `jax.jit`."""
+    `reference` everywhere else, and on the CPU too where the kernel is unavailable or the program
+    is being exported (`jax.export`: a custom call of this machine's build cannot be serialised).
+    Eager calls compile it with `jax.jit` (also under `jax.disable_jit()`)."""
     primitive = Primitive(name)
     primitive.multiple_results = True
     primitive.def_abstract_eval(abstract_eval)
-    primitive.def_impl(lambda *args, **params: jax.jit(functools.partial(primitive.bind, **params))(*args))
+
+    def eager(*args, **params):
+        with jax.disable_jit(False):
+            return jax.jit(functools.partial(primitive.bind, **params))(*args)
+
+    primitive.def_impl(eager)
     mlir.register_lowering(primitive, mlir.lower_fun(reference, multiple_results=True))
     if native is not None:
-        def on_cpu(*args, **params):  # the reference where the kernel cannot be built
-            return (native if native_kernel_status().available else reference)(*args, **params)
-        mlir.register_lowering(primitive, mlir.lower_fun(on_cpu, multiple_results=True), platform="cpu")
+        def on_cpu(ctx, *args, **params):
+            exporting = ctx.module_context.lowering_parameters.for_export
+            use = native if native_kernel_status().available and not exporting else reference
+            return mlir.lower_fun(use, multiple_results=True)(ctx, *args, **params)
+        mlir.register_lowering(primitive, on_cpu, platform="cpu")
     return primitive
 
 
@@ -279,12 +293,21 @@ _REFERENCES = {forward_p: forward_reference, tangent_p: tangent_reference, backw
 
 def _batching_rule(primitive):
     """`vmap` of a primitive: the mapped axis folded into the kernel's batch when no weight is
-    mapped (`vmap` over examples or sequences), the reference under `vmap` otherwise."""
+    mapped (`vmap` over examples or sequences); one kernel call per mapped item (`lax.map`) when
+    a weight is (`vmap` over models or seeds); the reference under `vmap` for an empty axis."""
     def rule(args, dims, **params):
         axes, output_axes = _BATCH_AXES[primitive]
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-        if any(d is not None for a, d in zip(axes, dims) if a is None):
+        if size == 0:
             outputs = jax.vmap(functools.partial(_REFERENCES[primitive], **params), in_axes=tuple(dims))(*args)
+            return list(outputs), [0] * len(outputs)
+        if any(d is not None for a, d in zip(axes, dims) if a is None):
+            mapped = [jnp.moveaxis(a, d, 0) if d is not None else None for a, d in zip(args, dims)]
+
+            def one(items):
+                return primitive.bind(*[a if item is None else item for a, item in zip(args, items)], **params)
+
+            outputs = lax.map(one, mapped)
             return list(outputs), [0] * len(outputs)
         folded = [a if axis is None else _fold(a, d, axis, size) for a, d, axis in zip(args, dims, axes)]
         outputs = primitive.bind(*folded, **params)
@@ -331,7 +354,8 @@ def _sequence_jvp(primals, tangents):
     for tangent, term in terms:
         if not isinstance(tangent, SymbolicZero):
             dz = term(tangent) if dz is None else dz + term(tangent)
-    dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape).reshape(gates.shape)
+    dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape)
+    dz = dz.reshape(gates.shape)
     dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))
     dys, _, dc_last = tangent_p.bind(w_h, gates, cs, c0, dz, dh0, dc0)
     return (ys, c_last), (dys, dc_last)
@@ -341,11 +365,14 @@ _sequence.defjvp(_sequence_jvp, symbolic_zeros=True)
 
 
 def can_run_natively(params, xs: jax.Array, state) -> bool:
-    """Whether `native_unroll` can take this call: float32 everywhere, at least one step and one
-    sequence, a CPU as the default backend and the kernel built (built here on first use)."""
+    """Whether `native_unroll` can take this call: float32 everywhere, concrete shapes (not
+    `jax.export`'s symbolic ones) with at least one step and one sequence, one CPU device as the
+    default backend (with several, XLA would run an opaque custom call on every device's copy of
+    the whole batch instead of splitting it), and the kernel built (built here on first use)."""
     leaves = [xs, *jax.tree_util.tree_leaves(params), *jax.tree_util.tree_leaves(state)]
-    return (all(leaf.dtype == jnp.float32 for leaf in leaves) and xs.shape[0] >= 1 and xs.size > 0
-            and jax.default_backend() == "cpu" and native_kernel_status().available)
+    return (all(leaf.dtype == jnp.float32 for leaf in leaves)
+            and all(isinstance(d, int) for leaf in leaves for d in leaf.shape) and xs.shape[0] >= 1 and xs.size > 0
+            and jax.default_backend() == "cpu" and jax.device_count() == 1 and native_kernel_status().available)
 
 
 def native_unroll(params, xs: jax.Array, state, reverse: bool):

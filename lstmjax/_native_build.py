@@ -8,13 +8,16 @@ compiled on first use, not at install time, because it is built for the machine 
 
 (`$CXX` defaults to `g++`). The library is cached in `$LSTMJAX_CACHE_DIR`, else
 `$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that hashes the source, the
-compiler's version, the flags, jax's version and the CPU's model and flags, so a new jax, compiler
-or machine builds afresh; the file is written under a temporary name and renamed into place, so
-an interrupted or concurrent build never leaves a broken library behind.
+compiler's version, the flags, jax's and jaxlib's versions and the CPU's model and flags, so a new
+jax, compiler or machine builds afresh. The file is written under a temporary name, flushed to
+disk and renamed into place, so an interrupted or concurrent build never leaves a partial library
+under the final name; and its name carries a hash of its bytes, checked before every load, so a
+file damaged later is rebuilt rather than loaded.
 
 Where the kernel cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
-or `LSTMJAX_NATIVE=0` in the environment) `lj.unroll` runs the XLA path instead, with the same
-results; `native_kernel_status()` says which and why. A failed build also warns once.
+or `LSTMJAX_NATIVE=0` in the environment, read once, when the first LSTM runs) `lj.unroll` runs the
+XLA path instead, with the same results; `native_kernel_status()` says which and why. A failed
+build also warns once.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +36,7 @@ import warnings
 from typing import NamedTuple
 
 import jax
+import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_cpu.cc"
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
@@ -81,7 +86,7 @@ def _load() -> NativeStatus:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, HANDLERS[kind])), platform="cpu")
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
         message = f"the native LSTM kernel could not be built or loaded ({error}); lj.unroll uses the XLA path"
-        warnings.warn(f"lstmjax: {message}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"lstmjax: {message}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, message)
     _library = library
     return NativeStatus(True, f"built from {SOURCE.name} into {path}")
@@ -95,15 +100,16 @@ def _unsupported_reason() -> str | None:
         return f"the kernel is for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
     if "avx512f" not in _cpu_flags():
         return "the CPU has no AVX-512F"
-    if shutil.which(_compiler()) is None:
-        return f"no C++ compiler {_compiler()!r} on PATH (set CXX to use another)"
+    if shutil.which(_compiler()[0]) is None:
+        return f"no C++ compiler {_compiler()[0]!r} on PATH (set CXX to use another)"
     if not SOURCE.is_file():
         return f"the kernel's source {SOURCE} is missing from the installation"
     return None
 
 
-def _compiler() -> str:
-    return os.environ.get("CXX", "g++")
+def _compiler() -> list[str]:
+    """The C++ compiler's command: `$CXX` (which may carry arguments, as in `ccache g++`) or `g++`."""
+    return shlex.split(os.environ.get("CXX", "g++")) or ["g++"]
 
 
 def _cpu_flags() -> set[str]:
@@ -123,28 +129,53 @@ def _cpu_field(name: str) -> str:
 
 
 def _built_library() -> pathlib.Path:
-    """The cached library for this source, compiler, jax and CPU, built if it is not there yet."""
+    """The cached library for this source, compiler, jax and CPU, built if it is not there yet.
+
+    Its name ends in a hash of its own bytes, checked before it is loaded: a file damaged after
+    it was written (a crash before the disk had it, a disk error) is removed and built afresh,
+    never loaded."""
     compiler = _compiler()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__,
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True,
+                             timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__, jaxlib.__version__,
                                     _cpu_field("model name"), _cpu_field("flags")]).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    path = folder / f"lstm_cpu-{key}.so"
-    if path.is_file():
-        return path
+    for existing in sorted(folder.glob(f"lstm_cpu-{key}-*.so")):
+        if existing.stem.rsplit("-", 1)[-1] == _digest(existing):
+            return existing
+        existing.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
+    handle, partial = tempfile.mkstemp(prefix=f".lstm_cpu-{key}.", suffix=".partial", dir=folder)
     os.close(handle)
     try:
-        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
+        command = [*compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise OSError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o755 & ~umask)  # mkstemp made it private; others sharing the cache may load it
+        with open(partial, "rb") as built:
+            os.fsync(built.fileno())
+        path = folder / f"lstm_cpu-{key}-{_digest(pathlib.Path(partial))}.so"
         os.replace(partial, path)
+        _fsync_folder(folder)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return path
+
+
+def _digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _cache_dir() -> pathlib.Path:

@@ -65,10 +65,11 @@ def unroll(
     Returns:
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
-    On a CPU with AVX-512, an `lj.lstm` cell in float32 from H = 32, without `lengths`, `mask`,
-    `resets` or `remat`, runs both time loops (forward, and backward under `jax.grad`) in a native
-    kernel called by XLA (`lstmjax._native`; `lj.native_kernel_status()` says whether this machine
-    has it, `LSTMJAX_NATIVE=0` turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
+    On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
+    float32 from H = 32, without `lengths`, `mask`, `resets` or `remat`, runs both time loops
+    (forward, and backward under `jax.grad`) in a native kernel called by XLA (`lstmjax._native`;
+    `lj.native_kernel_status()` says whether this machine has it; `LSTMJAX_NATIVE=0` in the
+    environment before the first LSTM runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
     cells from H = 256 (where it measured faster on a CPU) run on a fast path when no `resets`
     are given: the same forward scan, with a derivative laid out so that the backward pass
     carries only the state's cotangent and forms the weight gradients as single large matrix

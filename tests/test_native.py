@@ -127,7 +127,7 @@ def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
         assert_trees_all_close(second(cell), second(_xla(cell)), rtol=1e-3, atol=1e-4)
 
 
-def test_vmap_over_data_folds_into_the_kernel_and_over_weights_uses_the_reference():
+def test_vmap_over_data_folds_into_the_kernel_and_over_weights_maps_it():
     cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
     many_xs = jnp.stack([xs, 0.5 * xs, -xs])
     per_example = jax.vmap(jax.grad(_loss(cell)), in_axes=(None, 0, None))
@@ -136,11 +136,26 @@ def test_vmap_over_data_folds_into_the_kernel_and_over_weights_uses_the_referenc
                            jax.vmap(jax.grad(_loss(_xla(cell))), in_axes=(None, 0, None))(params, many_xs, state),
                            rtol=1e-4, atol=2e-5)
     seeds = jax.tree_util.tree_map(lambda w: jnp.stack([w, 0.7 * w]), params)
+    assert "lstm_backward" in _ops(jax.vmap(jax.grad(_loss(cell)), in_axes=(0, None, None)), seeds, xs, state)
     over_seeds = (0, None, None)
     for transform in (lambda c: jax.vmap(jax.grad(_loss(c)), in_axes=over_seeds),
                       lambda c: jax.grad(lambda p, x, s: jnp.sum(jax.vmap(_loss(c), in_axes=over_seeds)(p, x, s)))):
         assert_trees_all_close(transform(cell)(seeds, xs, state), transform(_xla(cell))(seeds, xs, state),
                                rtol=1e-4, atol=2e-5)
+
+
+def test_an_empty_vmap_axis_disable_jit_and_export_work_as_on_xla():
+    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
+    none = jnp.zeros((0, *xs.shape))
+    final, ys = jax.vmap(lambda x: lj.unroll(cell, params, x, state))(none)
+    assert ys.shape == (0, *xs.shape[:-1], 40) and final.c.shape == (0, 3, 40)
+    with jax.disable_jit():
+        assert_trees_all_close(lj.unroll(cell, params, xs, state), lj.unroll(_xla(cell), params, xs, state),
+                               rtol=1e-5, atol=1e-6)
+    function = jax.jit(lambda p, x: lj.unroll(cell, p, x, state))
+    exported = jax.export.export(function)(params, xs)
+    assert "lstmjax_lstm" not in exported.mlir_module(), "a machine-specific custom call must not be exported"
+    assert_trees_all_close(exported.call(params, xs), function(params, xs), rtol=1e-5, atol=1e-6)
 
 
 def test_nan_inputs_give_nan_outputs():
@@ -198,17 +213,31 @@ def test_without_the_kernel_lj_unroll_falls_back_with_a_reason(tmp_path):
     assert "RuntimeWarning: lstmjax: the native LSTM kernel could not be built" in broken.stderr
 
 
-def test_a_build_lands_in_the_cache_whole_and_is_reused(tmp_path):
+def test_a_build_lands_in_the_cache_whole_is_reused_and_rebuilt_if_damaged(tmp_path):
     first = _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
-    libraries = sorted(p.name for p in tmp_path.iterdir())
-    assert "available=True" in first.stdout and len(libraries) == 1 and libraries[0].endswith(".so"), libraries
-    stamp = (tmp_path / libraries[0]).stat().st_mtime_ns
+    libraries = sorted(tmp_path.iterdir())
+    assert "available=True" in first.stdout and len(libraries) == 1 and libraries[0].suffix == ".so", libraries
+    assert libraries[0].stat().st_mode & 0o044, "others sharing the cache must be able to load it"
+    stamp = libraries[0].stat().st_mtime_ns
     _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
-    assert (tmp_path / libraries[0]).stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+    assert libraries[0].stat().st_mtime_ns == stamp and sorted(tmp_path.iterdir()) == libraries
+    libraries[0].write_bytes(libraries[0].read_bytes()[:1000])  # as a crash before the disk had it all
+    again = _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
+    rebuilt = sorted(tmp_path.iterdir())
+    assert "available=True" in again.stdout and len(rebuilt) == 1 and rebuilt[0].stat().st_size > 1000
 
 
 def test_fewer_openmp_threads_than_asked_still_compute_every_row():
     _run_python(_XLA_AGREES, OMP_THREAD_LIMIT="1")
+
+
+def test_several_devices_keep_the_xla_path_that_xla_can_split():
+    """An opaque custom call would run on every device's copy of the whole batch."""
+    code = _XLA_AGREES + """
+    from lstmjax._native import can_run_natively
+    assert jax.device_count() == 2 and not can_run_natively(params, xs, cell.initial_state(params, (8,)))
+    """
+    _run_python(code, XLA_FLAGS="--xla_force_host_platform_device_count=2")
 
 
 def test_kernel_refuses_inconsistent_shapes_by_name():
