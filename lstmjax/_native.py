@@ -3,7 +3,7 @@
 On a CPU, XLA runs a `lax.scan` as a loop of small kernels, one per operation and step, and most
 of a training step's time goes to that loop rather than to arithmetic. Here the two loops of an
 LSTM's training step, forward through time and backward through time, are each one call of a C++
-kernel (`native/lstm_cpu.cc`, AVX-512 + OpenMP: register-blocked matrix products with the gate
+kernel (`native/lstm_cpu.cc`, AVX-512, on XLA's thread pool: register-blocked matrix products with the gate
 nonlinearities fused in, the batch rows split across threads). Everything else stays in XLA.
 
 The derivative is laid out as in `lstmjax._fused` (a `jax.custom_jvp` whose tangent JAX transposes
@@ -113,7 +113,8 @@ def backward_reference(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
 # ---------------------------------------------------------------- primitives
 
 def _threads(batch: int) -> int:
-    """OpenMP threads for a batch of `batch` rows: every core this process may use, at most one per row block."""
+    """Most workers for a batch of `batch` rows: every core this process may use, at most one per row block
+    (the kernel also takes no more than XLA's thread pool has)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, batch // ROW_BLOCK, 256))
 

@@ -1,10 +1,10 @@
 """Building and loading the native CPU kernel of the LSTM fast path (`native/lstm_cpu.cc`).
 
-The kernel is C++ with AVX-512 intrinsics and OpenMP, called by XLA as an FFI custom call. It is
+The kernel is C++ with AVX-512 intrinsics, called by XLA as an FFI custom call on XLA's own threads. It is
 compiled on first use, not at install time, because it is built for the machine it runs on
 (`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
 
-    $CXX -O3 -march=native -fopenmp -shared -fPIC -std=c++17 -I<jax ffi headers> lstm_cpu.cc
+    $CXX -O3 -march=native -shared -fPIC -std=c++17 -I<jax ffi headers> lstm_cpu.cc
 
 (`$CXX` defaults to `g++`). The library is cached in `$LSTMJAX_CACHE_DIR`, else
 `$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that hashes the source, the
@@ -39,7 +39,7 @@ import jax
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_cpu.cc"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward"}
 HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler"}
 

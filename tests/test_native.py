@@ -58,7 +58,7 @@ def _ops(function, *args):
 
 
 SHAPES = {
-    "B32_H128": (20, (32,), 16, 128),
+    "B20_H128": (20, (20,), 16, 128),  # 5 row blocks: an uneven split over the workers
     "B3_H40_padded": (9, (3,), 5, 40),
     "unbatched_H64": (6, (), 3, 64),
     "batch2x3_H32": (5, (2, 3), 4, 32),
@@ -82,7 +82,7 @@ def assert_as_accurate_as_xla(native, xla, exact, floor=1e-6):
         assert error_native <= max(2 * error_xla, floor), f"leaf {index}: native {error_native}, XLA {error_xla}"
 
 
-CASES = {"B32_H128": False, "B3_H40_padded-reverse": True, "unbatched_H64": False, "batch2x3_H32-reverse": True,
+CASES = {"B20_H128": False, "B3_H40_padded-reverse": True, "unbatched_H64": False, "batch2x3_H32-reverse": True,
          "T1_B8_H96": False}
 
 
@@ -100,7 +100,7 @@ def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
 
 def test_the_gradient_runs_the_backward_kernel_and_no_loop():
     """Under `jax.grad` both time loops are the kernel's: the compiled program has no while loop."""
-    cell, params, xs, state = _problem(*SHAPES["B32_H128"])
+    cell, params, xs, state = _problem(*SHAPES["B20_H128"])
     ops = _ops(jax.grad(_loss(cell)), params, xs, state)
     assert {"lstm_forward", "lstm_backward"} <= ops and "scan" not in ops, ops
     hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
@@ -159,10 +159,10 @@ def test_an_empty_vmap_axis_disable_jit_and_export_work_as_on_xla():
 
 
 def test_nan_inputs_give_nan_outputs():
-    cell, params, xs, state = _problem(*SHAPES["B32_H128"])
+    cell, params, xs, state = _problem(*SHAPES["B20_H128"])
     _, ys = lj.unroll(cell, params, xs.at[3, 5, 0].set(jnp.nan), state)
     assert not np.isnan(np.asarray(ys[:3])).any()
-    assert np.isnan(np.asarray(ys[3, 5])).all(), "the sequence with the NaN input must be NaN from there on"
+    assert np.isnan(np.asarray(ys[3:, 5])).all(), "the sequence with the NaN input must be NaN from there on"
     assert not np.isnan(np.asarray(ys[:, 4])).any(), "other sequences are independent of it"
 
 
@@ -218,6 +218,7 @@ def test_a_build_lands_in_the_cache_whole_is_reused_and_rebuilt_if_damaged(tmp_p
     libraries = sorted(tmp_path.iterdir())
     assert "available=True" in first.stdout and len(libraries) == 1 and libraries[0].suffix == ".so", libraries
     assert libraries[0].stat().st_mode & 0o044, "others sharing the cache must be able to load it"
+    assert b"libgomp" not in libraries[0].read_bytes(), "no OpenMP runtime beside PyTorch's: it slowed nn.LSTM 2x"
     stamp = libraries[0].stat().st_mtime_ns
     _run_python(_XLA_AGREES, LSTMJAX_CACHE_DIR=str(tmp_path))
     assert libraries[0].stat().st_mtime_ns == stamp and sorted(tmp_path.iterdir()) == libraries
@@ -227,8 +228,13 @@ def test_a_build_lands_in_the_cache_whole_is_reused_and_rebuilt_if_damaged(tmp_p
     assert "available=True" in again.stdout and len(rebuilt) == 1 and rebuilt[0].stat().st_size > 1000
 
 
-def test_fewer_openmp_threads_than_asked_still_compute_every_row():
-    _run_python(_XLA_AGREES, OMP_THREAD_LIMIT="1")
+def test_two_kernel_calls_at_once_bidirectional():
+    """XLA may run the two directions' custom calls at the same time on its thread pool."""
+    cell, _, xs, _ = _problem(*SHAPES["B20_H128"])
+    params = lj.init_bidirectional(cell, jax.random.PRNGKey(3), xs.shape[-1])
+    loss = lambda c: (lambda p: jnp.sum(jnp.sin(lj.unroll_bidirectional(c, p, xs)[1])))  # noqa: E731
+    expected = jax.value_and_grad(loss(_xla(cell)))(params)
+    assert_trees_all_close(jax.jit(jax.value_and_grad(loss(cell)))(params), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_several_devices_keep_the_xla_path_that_xla_can_split():

@@ -1,7 +1,7 @@
-// lstmjax/native/lstm_cpu.cc -- hand-fused single-layer LSTM recurrences for the CPU (AVX-512 +
-// OpenMP), exposed as two XLA FFI handlers so that jax.jit can call them as custom calls
-// (`jax.ffi.ffi_call`). Self-contained: build with
-//   g++ -O3 -march=native -fopenmp -shared -fPIC -std=c++17 -I<jax.ffi.include_dir()> -o liblstm.so lstm_cpu.cc
+// lstmjax/native/lstm_cpu.cc -- hand-fused single-layer LSTM recurrences for the CPU (AVX-512, on
+// XLA's own thread pool), exposed as two XLA FFI handlers so that jax.jit can call them as custom
+// calls (`jax.ffi.ffi_call`). Self-contained: build with
+//   g++ -O3 -march=native -shared -fPIC -std=c++17 -I<jax.ffi.include_dir()> -o liblstm.so lstm_cpu.cc
 // Requires AVX-512F (the caller checks the CPU before loading the library).
 //
 // Model. All arrays float32, C (row-major) order. Gate order (i, f, g, o) in blocks of H along the
@@ -35,14 +35,18 @@
 // H % 32 == 0; every buffer has exactly the rank and dimensions listed above; threads in [1, 256];
 // save in {0, 1}. (The Python wrapper pads B and H, so these are not hit in normal use.)
 //
-// Threading. One OpenMP parallel region per call with num_threads(threads). The batch is split
-// by the ACTUAL team size nt = omp_get_num_threads() (OMP_THREAD_LIMIT, nesting, ... may give fewer
-// threads than asked): with nb = B/4 blocks of 4 rows, thread k owns row blocks
-// [k*nb/nt, (k+1)*nb/nt) (possibly none). Rows are independent in the recurrence, so the time loops
-// need no barrier; the weight packing is shared out by `omp for` whose implicit barrier precedes
-// the time loop. Re-entrant and thread-safe: no static or global state; each call allocates its
-// own workspace (packed weights, per-thread scratch) with aligned_alloc and frees it
-// (kResourceExhausted if that fails), so XLA may run several of these calls at once.
+// Threading. No threads of our own and no OpenMP: the work is shared out over XLA's intra-op thread
+// pool (ffi::ThreadPool), with at most `threads` workers (the attribute is the caller's cap; the
+// pool's size caps it too). With nb = B/4 blocks of 4 rows and nt workers, worker k owns row blocks
+// [k*nb/nt, (k+1)*nb/nt) (possibly none) for every step. Rows are independent in the recurrence,
+// so the time loops need no barrier; the weight packing before them is shared out by panels. The
+// calling thread works too and items are handed out by an atomic counter, so a call completes
+// even when every pool thread is busy (parallel_for). (An earlier version used OpenMP: its worker
+// threads, a second runtime beside PyTorch's, made PyTorch's nn.LSTM in the same process twice as
+// slow, 12.9 -> 25.9 ms a training step at H = 128.) Re-entrant and thread-safe: no static or
+// global state; each call allocates its own workspace (packed weights, per-worker scratch) with
+// aligned_alloc and frees it (kResourceExhausted if that fails), so XLA may run several of these
+// calls at once.
 //
 // Column layout inside the forward: for hidden-unit block p (16 units) the packed [w_x; w_h]
 // panel p holds the 64 columns [i(16 units) f(16) g(16) o(16)], so one 64-column panel of
@@ -64,7 +68,13 @@
 // a plain float32 one does (max abs ~1e-6 for well-conditioned sizes). Subnormals are not flushed
 // (the caller's MXCSR is left alone).
 #include <immintrin.h>
-#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
 
 #include <cstdint>
 #include <cstdlib>
@@ -236,6 +246,52 @@ ffi::Error check_threads(const char* fn, int32_t threads) {
     if (e_.failure()) return e_;        \
   } while (0)
 
+// ---------------------------------------------------------------- threads
+// body(0 .. n-1), shared out over XLA's own intra-op thread pool (no threads of our own, so nothing
+// spins against XLA or against another library's OpenMP). The calling thread takes items too and
+// items are handed out by an atomic counter, so the call finishes even when every pool thread is
+// busy (for instance running another of these calls): it never waits for a task that has not
+// started. A task that starts after all items are taken returns at once without touching `body`.
+struct ParallelState {
+  std::atomic<int> next{0};
+  std::atomic<int> remaining{0};
+  int n = 0;
+  std::function<void(int)> body;
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+inline void parallel_for(ffi::ThreadPool& pool, int workers, int n, const std::function<void(int)>& body) {
+  if (n <= 0) return;
+  if (workers <= 1 || n == 1) {
+    for (int i = 0; i < n; ++i) body(i);
+    return;
+  }
+  auto state = std::make_shared<ParallelState>();
+  state->n = n;
+  state->remaining.store(n);
+  state->body = body;
+  auto work = [state]() {
+    for (int i; (i = state->next.fetch_add(1)) < state->n;) {
+      state->body(i);
+      if (state->remaining.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  for (int w = 1; w < std::min(workers, n); ++w) pool.Schedule(std::function<void()>(work));
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->remaining.load() == 0; });
+}
+
+// Workers for a call: at most `threads` (the caller's cap), at most the pool's size, at least 1.
+inline int workers_for(ffi::ThreadPool& pool, int32_t threads) {
+  const int64_t pool_size = pool.num_threads();
+  return (int)std::max<int64_t>(1, std::min<int64_t>(threads, pool_size > 0 ? pool_size : 1));
+}
+
 // ---------------------------------------------------------------- forward
 // One row block of MR rows at step t, hidden-unit panel p: pre-activations of the panel's 64
 // interleaved columns into Z (MR x 64), then the nonlinearities and state update.
@@ -268,7 +324,7 @@ __attribute__((always_inline)) inline void fwd_block(int D, int H, const float* 
   }
 }
 
-ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> wh,
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> wh,
                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        int32_t threads, int32_t save, ffi::ResultBuffer<ffi::F32> ys,
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> gates,
@@ -326,26 +382,22 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
   float* GT = save ? gates->typed_data() : nullptr;
   float* CS = save ? cs_out->typed_data() : nullptr;
 
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    // ---- pack (16 interleaved columns = 16 contiguous original columns)
-#pragma omp for schedule(static) nowait
-    for (int p = 0; p < NP; ++p)
-      for (int k = 0; k < KX; ++k) {
-        const float* src = k < D ? WX + (size_t)k * G4 : WH + (size_t)(k - D) * G4;
-        float* dst = Wp + ((size_t)p * KX + k) * 64;
-        for (int g = 0; g < 4; ++g) _mm512_store_ps(dst + 16 * g, _mm512_loadu_ps(src + g * H + p * 16));
-      }
-#pragma omp for schedule(static)
-    for (int p = 0; p < NP; ++p)
-      for (int g = 0; g < 4; ++g) _mm512_store_ps(BI + p * 64 + 16 * g, _mm512_loadu_ps(BS + g * H + p * 16));
-    // (implicit barrier: packing done)
-
+  const int nt = workers_for(pool, threads);
+  // ---- pack (16 interleaved columns = 16 contiguous original columns)
+  parallel_for(pool, nt, NP, [&](int p) {
+    for (int k = 0; k < KX; ++k) {
+      const float* src = k < D ? WX + (size_t)k * G4 : WH + (size_t)(k - D) * G4;
+      float* dst = Wp + ((size_t)p * KX + k) * 64;
+      for (int g = 0; g < 4; ++g) _mm512_store_ps(dst + 16 * g, _mm512_loadu_ps(src + g * H + p * 16));
+    }
+    for (int g = 0; g < 4; ++g) _mm512_store_ps(BI + p * 64 + 16 * g, _mm512_loadu_ps(BS + g * H + p * 16));
+  });
+  // ---- the time loop: worker k owns row blocks [k*nb/nt, (k+1)*nb/nt) for every step
+  parallel_for(pool, nt, nt, [&](int tid) {
     const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
     const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
     float* Z = ws.p + oZ + (size_t)tid * zsz;
-    float* cst = CL + (size_t)r0 * H;  // running c_t of this thread's rows, in c_last
+    float* cst = CL + (size_t)r0 * H;  // running c_t of these rows, in c_last
     if (BR > 0) std::memcpy(cst, C0 + (size_t)r0 * H, sizeof(float) * BR * H);
     for (int t = 0; t < T && BR > 0; ++t) {
       const float* xt = X + ((size_t)t * B + r0) * D;
@@ -367,7 +419,7 @@ ffi::Error LstmForward(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
                        p);
       }
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -381,7 +433,7 @@ inline void bwd_rec(int BR, int G4, int H, const float* A, const float* Wtq, flo
     ukr<4, 2>(G4, A + (size_t)rb * G4, G4, Wtq, 32, 0, nullptr, 0, nullptr, 0, nullptr, 0, C + (size_t)rb * H, H);
 }
 
-ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs_in,
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs_in,
                         ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ct_ys, ffi::Buffer<ffi::F32> ct_h,
                         ffi::Buffer<ffi::F32> ct_c, int32_t threads, ffi::ResultBuffer<ffi::F32> dz,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
@@ -427,22 +479,20 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, f
   float* DH0 = dh0->typed_data();
   float* DC0 = dc0->typed_data();
 
-#pragma omp parallel num_threads(threads)
-  {
-    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    {  // contiguous 16-float loads of a w_h row, stride-32 scatters into the panel
-      const __m512i sidx = _mm512_mullo_epi32(
-          _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
-#pragma omp for schedule(static)
-      for (int q = 0; q < NQ; ++q)
-        for (int c = 0; c < 32; ++c) {
-          const float* src = WH + (size_t)(q * 32 + c) * G4;
-          float* dst = Wt + (size_t)q * G4 * 32 + c;
-          for (int kb = 0; kb < G4; kb += 16)
-            _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
-        }
-      // (implicit barrier: packing done)
-    }
+  const int nt = workers_for(pool, threads);
+  {  // contiguous 16-float loads of a w_h row, stride-32 scatters into the panel
+    const __m512i sidx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
+    parallel_for(pool, nt, NQ, [&](int q) {
+      for (int c = 0; c < 32; ++c) {
+        const float* src = WH + (size_t)(q * 32 + c) * G4;
+        float* dst = Wt + (size_t)q * G4 * 32 + c;
+        for (int kb = 0; kb < G4; kb += 16)
+          _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
+      }
+    });
+  }
+  parallel_for(pool, nt, nt, [&](int tid) {
     const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
     const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
     // dhr: the recurrent part of dh_t (ct_h at t = T-1), kept in dh0; dcr: dc_{t+1} * f_{t+1}
@@ -488,7 +538,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, f
     // dh0 = dz_0 @ w_h^T (dc0 already holds dc_0 * f_0)
     if (BR > 0)
       for (int q = 0; q < NQ; ++q) bwd_rec(BR, G4, H, DZ + (size_t)r0 * G4, Wt + (size_t)q * G4 * 32, dhr + q * 32);
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -496,6 +546,7 @@ ffi::Error LstmBackward(ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, f
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardHandler, LstmForward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (T,B,D)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_x (D,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H,4H)
@@ -511,6 +562,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardHandler, LstmForward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardHandler, LstmBackward,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // gates (T,B,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cs (T,B,H)
