@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import lstmjax as lj
+from lstmjax._native_build import SOURCE
 
 SOURCES = (pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp",
            pathlib.Path(__file__).with_name("native") / "lstm_ffi.cc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+SIMD_HEADERS = SOURCE.parent  # lstm_simd.h, shared with lstmjax's own kernel
 
 
 def cpu_flags() -> set[str]:
@@ -95,7 +97,8 @@ class NativeLSTM:
 
     def _build(self, compiler: str) -> None:
         library = os.path.join(self._folder, "liblstm_train_step.so")
-        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", library, *map(str, SOURCES)]
+        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{SIMD_HEADERS}", "-o", library,
+                   *map(str, SOURCES)]
         built = subprocess.run(command, capture_output=True, text=True)
         if built.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{built.stderr[-4000:]}")

@@ -6,8 +6,9 @@ compiled on first use, not at install time, because it is built for the machine 
 
     $CXX -O3 -march=native -shared -fPIC -std=c++17 -I<jax ffi headers> lstm_cpu.cc
 
-(`$CXX` defaults to `g++`). The library is cached in `$LSTMJAX_CACHE_DIR`, else
-`$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that hashes the source, the
+(`$CXX` defaults to `g++`; the source includes `native/lstm_simd.h`). The library is cached in
+`$LSTMJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that
+hashes the source, the
 compiler's version, the flags, jax's and jaxlib's versions and the CPU's model and flags, so a new
 jax, compiler or machine builds afresh. The file is written under a temporary name, flushed to
 disk and renamed into place, so an interrupted or concurrent build never leaves a partial library
@@ -39,6 +40,7 @@ import jax
 import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_cpu.cc"
+HEADER = SOURCE.with_name("lstm_simd.h")  # included by SOURCE
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward"}
 HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler"}
@@ -102,8 +104,9 @@ def _unsupported_reason() -> str | None:
         return "the CPU has no AVX-512F"
     if shutil.which(_compiler()[0]) is None:
         return f"no C++ compiler {_compiler()[0]!r} on PATH (set CXX to use another)"
-    if not SOURCE.is_file():
-        return f"the kernel's source {SOURCE} is missing from the installation"
+    for source in (SOURCE, HEADER):
+        if not source.is_file():
+            return f"the kernel's source {source} is missing from the installation"
     return None
 
 
@@ -137,8 +140,9 @@ def _built_library() -> pathlib.Path:
     compiler = _compiler()
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True,
                              timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__, jaxlib.__version__,
-                                    _cpu_field("model name"), _cpu_field("flags")]).encode()).hexdigest()[:16]
+    inputs = [SOURCE.read_text(), HEADER.read_text(), version, " ".join(FLAGS), jax.__version__, jaxlib.__version__,
+              _cpu_field("model name"), _cpu_field("flags")]
+    key = hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]
     folder = _cache_dir()
     for existing in sorted(folder.glob(f"lstm_cpu-{key}-*.so")):
         if existing.stem.rsplit("-", 1)[-1] == _digest(existing):

@@ -3,8 +3,7 @@
 // `python -m experiments.native_ceiling` (how fast a training step can be on this machine), not
 // part of lstmjax. Gate order (i, f, g, o) along the last axis of the weights, as in lj.lstm;
 // h0 = c0 = 0; loss = loss_scale * sum over all outputs of ys**2 (the caller passes 1/(T*B*H) for the
-// mean). A NaN pre-activation is clamped like any other large value (exp512), so the kernel's loss
-// stays finite where lstmjax's would be NaN.
+// mean). A NaN propagates into the loss and gradients, as in lstmjax.
 //
 // Column layout inside: for hidden-unit block p (16 units) the 64 columns p*64 .. p*64+63 hold
 // [i(16 units) f(16) g(16) o(16)], so a 64-column panel of the pre-activations holds all four
@@ -40,78 +39,11 @@
 #define WG_KC 128     // k-chunk of the weight-gradient products
 #endif
 
-// ---------------------------------------------------------------- math
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-static inline __m512 rcp512(__m512 d) {  // 1/d, rcp14 + one Newton step
-    __m512 r = _mm512_rcp14_ps(d);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-static inline __m512 sigm512(__m512 x) {
-    __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    return rcp512(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
-}
-static inline __m512 tanh512(__m512 x) {  // 2*sigmoid(2x) - 1 = 1 - 2/(1+exp(2x))
-    __m512 e = exp512(_mm512_add_ps(x, x));
-    __m512 s = rcp512(_mm512_add_ps(e, _mm512_set1_ps(1.0f)));
-    return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), s, _mm512_set1_ps(1.0f));
-}
-
-// ---------------------------------------------------------------- micro-kernel
-// C[MR x 16*NV] = init + A1 @ B1 + A2 @ B2.  TA=false: A(i,k)=A[i*lda+k]; TA=true: A(i,k)=A[k*lda+i].
-// B(k, j) = B[k*ldb + j].  init: nullptr -> 0, else init[i*ldi + j] (ldi = 0 broadcasts a bias row).
-#ifndef NO_UKR_INLINE
-#define UKR_ATTR __attribute__((always_inline))
-#else
-#define UKR_ATTR
-#endif
-template <int MR, int NV, bool TA>
-UKR_ATTR static inline void ukr(int K1, const float* __restrict A1, long lda1, const float* __restrict B1, long ldb1,
-                       int K2, const float* __restrict A2, long lda2, const float* __restrict B2, long ldb2,
-                       const float* init, long ldi, float* C, long ldc) {
-    __m512 acc[MR][NV];
-    if (init) {
-        for (int i = 0; i < MR; ++i)
-            for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(init + i * ldi + 16 * v);
-    } else {
-        for (int i = 0; i < MR; ++i)
-            for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
-    }
-#define UKR_SEG(K, A, lda, B, ldb)                                                        \
-    {                                                                                     \
-        const float* a = A;                                                               \
-        const float* b = B;                                                               \
-        for (int k = 0; k < K; ++k) {                                                     \
-            __m512 bv[NV];                                                                \
-            for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + 16 * v);             \
-            for (int i = 0; i < MR; ++i) {                                                \
-                __m512 av = _mm512_set1_ps(TA ? a[i] : a[i * lda]);                       \
-                for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]); \
-            }                                                                             \
-            a += TA ? lda : 1;                                                            \
-            b += ldb;                                                                     \
-        }                                                                                 \
-    }
-    UKR_SEG(K1, A1, lda1, B1, ldb1)
-    UKR_SEG(K2, A2, lda2, B2, ldb2)
-#undef UKR_SEG
-    for (int i = 0; i < MR; ++i)
-        for (int v = 0; v < NV; ++v) _mm512_storeu_ps(C + i * ldc + 16 * v, acc[i][v]);
-}
+// ---------------------------------------------------------------- math, micro-kernel
+// exp512, sigm512, tanh512 and ukr<MR, NV, TA> are lstmjax's own (lstmjax/native/lstm_simd.h,
+// found by the -I that experiments/_native_kernel.py passes).
+#include "lstm_simd.h"
+using namespace lstm_simd;
 
 // rows [i0, i0+M) of C (ld ldc) += A^T-access chunk @ packed B panels (np_ panels of [WG_KC][64]).
 // Loop order: row block (A micro-panel stays in L1) -> panels (packed B from L2).
