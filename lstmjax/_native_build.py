@@ -12,11 +12,12 @@ hashes the source, the
 compiler's version, the flags, jax's and jaxlib's versions and the CPU's model and flags, so a new
 jax, compiler or machine builds afresh. The file is written under a temporary name, flushed to
 disk and renamed into place, so an interrupted or concurrent build never leaves a partial library
-under the final name; and its name carries a hash of its bytes, checked before every load, so a
-file damaged later is rebuilt rather than loaded.
+under the final name; and its name carries a hash of its bytes, checked before a process loads it, so
+a file damaged later is rebuilt (and renamed over it) rather than loaded.
 
 Where the kernel cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
-or `LSTMJAX_NATIVE=0` in the environment, read once, when the first LSTM runs) `lj.unroll` runs the
+or `LSTMJAX_NATIVE=0` in the environment, read once per process, when `native_kernel_status()` is
+first called: by the first `lj.unroll` that could take the native path, or by you) `lj.unroll` runs the
 XLA path instead, with the same results; `native_kernel_status()` says which and why. A failed
 build also warns once.
 """
@@ -147,7 +148,8 @@ def _built_library() -> pathlib.Path:
     for existing in sorted(folder.glob(f"lstm_cpu-{key}-*.so")):
         if existing.stem.rsplit("-", 1)[-1] == _digest(existing):
             return existing
-        existing.unlink(missing_ok=True)
+    # None is whole: build, and rename over a damaged one of the same name (not removed first:
+    # another process may be putting a good one there at this moment).
     folder.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".lstm_cpu-{key}.", suffix=".partial", dir=folder)
     os.close(handle)

@@ -66,7 +66,8 @@ def unroll(
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
     On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
-    float32 from H = 32, without `lengths`, `mask`, `resets` or `remat`, runs both time loops
+    float32 from H = 32, with at least one step and one sequence and without `lengths`, `mask`,
+    `resets` or `remat` (and not in `unroll_with_internals`), runs both time loops
     (forward, and backward under `jax.grad`) in a native kernel called by XLA (`lstmjax._native`;
     `lj.native_kernel_status()` says whether this machine has it; `LSTMJAX_NATIVE=0` in the
     environment before the first LSTM runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
