@@ -24,24 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import lstmjax as lj
-from lstmjax._native_build import SOURCE
+from lstmjax._native_build import SOURCE, cpu_flags
 
 SOURCES = (pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp",
            pathlib.Path(__file__).with_name("native") / "lstm_ffi.cc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 SIMD_HEADERS = SOURCE.parent  # lstm_simd.h, shared with lstmjax's own kernel
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from `/proc/cpuinfo` (empty where there is none)."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def unavailable(compiler: str = "g++") -> str | None:

@@ -51,6 +51,7 @@ from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from lstmjax._fused import _sum_terms
 from lstmjax._native_build import TARGETS, native_kernel_status
 
 MIN_HIDDEN_SIZE = 32
@@ -157,6 +158,11 @@ def _pad_units(a: jax.Array, units: int, gates: bool) -> jax.Array:
     return jnp.pad(blocks, [(0, 0)] * (blocks.ndim - 1) + [(0, units)]).reshape(*a.shape[:-1], -1)
 
 
+def _pad_recurrent(w_h: jax.Array, units: int) -> jax.Array:
+    """`w_h` `(H, 4H)` with `units` zero units: zero rows, and zero columns in each gate block."""
+    return jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+
+
 def _unpad(a: jax.Array, batch: int, hidden: int, gates: bool, batch_axis: int) -> jax.Array:
     """Inverse of the kernel's padding: the first `batch` rows and `hidden` units (per gate if `gates`)."""
     a = lax.slice_in_dim(a, 0, batch, axis=batch_axis)
@@ -173,8 +179,7 @@ def _forward_native(xs, w_x, w_h, b, h0, c0, *, save):
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
     padded = (steps, batch + rows, hidden + units)
     xs = jnp.pad(xs, ((0, 0), (0, rows), (0, 0)))
-    w_x, b = _pad_units(w_x, units, gates=True), _pad_units(b, units, gates=True)
-    w_h = jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+    w_x, b, w_h = _pad_units(w_x, units, gates=True), _pad_units(b, units, gates=True), _pad_recurrent(w_h, units)
     h0, c0 = (jnp.pad(s, ((0, rows), (0, units))) for s in (h0, c0))
     shapes = [jax.ShapeDtypeStruct(padded, xs.dtype), jax.ShapeDtypeStruct(padded[1:], xs.dtype),
               jax.ShapeDtypeStruct((*padded[:2], 4 * padded[2]) if save else (0,), xs.dtype),
@@ -192,7 +197,7 @@ def _backward_native(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
     steps, batch, hidden = cs.shape
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
     pad_rows = lambda a, axis: jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])  # noqa: E731
-    w_h = jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+    w_h = _pad_recurrent(w_h, units)
     gates = pad_rows(_pad_units(gates, units, gates=True), 1)
     cs, ct_ys = (pad_rows(_pad_units(a, units, gates=False), 1) for a in (cs, ct_ys))
     c0, ct_h, ct_c = (pad_rows(_pad_units(a, units, gates=False), 0) for a in (c0, ct_h, ct_c))
@@ -229,13 +234,9 @@ COEFFICIENTS = 4  # tangent_p and backward_p: (w_h, gates, cs, c0) first, then t
 
 # ---- derivatives
 
-def _instantiate(tangents, primals):
-    return [jnp.zeros(p.shape, p.dtype) if type(t) is ad.Zero else t for t, p in zip(tangents, primals)]
-
-
 def _forward_jvp(primals, tangents, *, save):
     outputs, output_tangents = jax.jvp(functools.partial(forward_reference, save=save), tuple(primals),
-                                       tuple(_instantiate(tangents, primals)))
+                                       tuple(map(ad.instantiate_zeros, tangents)))
     return list(outputs), list(output_tangents)
 
 
@@ -246,8 +247,8 @@ def _linear_jvp(primitive, reference):
         outputs = primitive.bind(*primals)
         if all(type(t) is ad.Zero for t in tangents[:COEFFICIENTS]):
             return outputs, primitive.bind(*primals[:COEFFICIENTS],
-                                           *_instantiate(tangents[COEFFICIENTS:], primals[COEFFICIENTS:]))
-        _, output_tangents = jax.jvp(reference, tuple(primals), tuple(_instantiate(tangents, primals)))
+                                           *map(ad.instantiate_zeros, tangents[COEFFICIENTS:]))
+        _, output_tangents = jax.jvp(reference, tuple(primals), tuple(map(ad.instantiate_zeros, tangents)))
         return outputs, list(output_tangents)
     return jvp
 
@@ -258,19 +259,9 @@ def _linear_transpose(transposed):
         coefficients, linear = args[:COEFFICIENTS], args[COEFFICIENTS:]
         if any(ad.is_undefined_primal(a) for a in coefficients):
             raise NotImplementedError("the LSTM kernel's derivative is linear only in its last three arguments")
-        cotangents = [jnp.zeros(aval.shape, aval.dtype) if type(ct) is ad.Zero else ct
-                      for ct, aval in zip(cotangents, _transposed_output_avals(transposed, coefficients))]
-        results = transposed.bind(*coefficients, *cotangents)
+        results = transposed.bind(*coefficients, *map(ad.instantiate_zeros, cotangents))
         return [None] * COEFFICIENTS + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
     return transpose
-
-
-def _transposed_output_avals(transposed, coefficients):
-    """Shapes of the cotangents that `transposed` takes: the outputs of the primitive being transposed."""
-    w_h, gates, cs, c0 = coefficients
-    if transposed is backward_p:  # transposing tangent_p: cotangents of (dys, dh_T, dc_T)
-        return _tangent_avals(w_h, gates, cs, c0, None, None, None)
-    return _backward_avals(w_h, gates, cs, c0, None, None, None)  # transposing backward_p: of (dz, dh0, dc0)
 
 
 ad.primitive_jvps[forward_p] = _forward_jvp
@@ -351,10 +342,7 @@ def _sequence_jvp(primals, tangents):
     # As 2-D products, so that their transposes (the weight gradients) read dz (T·B, 4H) as it is laid out.
     terms = [(dxs, lambda d: rows(d) @ w_x), (dw_x, lambda d: rows(xs) @ d), (db, lambda d: d[None]),
              (dw_h, lambda d: rows(h_before) @ d)]
-    dz = None
-    for tangent, term in terms:
-        if not isinstance(tangent, SymbolicZero):
-            dz = term(tangent) if dz is None else dz + term(tangent)
+    dz = _sum_terms(terms)
     dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape)
     dz = dz.reshape(gates.shape)
     dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))

@@ -101,7 +101,7 @@ def _unsupported_reason() -> str | None:
         return "disabled by LSTMJAX_NATIVE"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"the kernel is for Linux on x86-64, this is {platform.system()} on {platform.machine()}"
-    if "avx512f" not in _cpu_flags():
+    if "avx512f" not in cpu_flags():
         return "the CPU has no AVX-512F"
     if shutil.which(_compiler()[0]) is None:
         return f"no C++ compiler {_compiler()[0]!r} on PATH (set CXX to use another)"
@@ -116,7 +116,8 @@ def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CXX", "g++")) or ["g++"]
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from `/proc/cpuinfo` (empty where there is none)."""
     return set(_cpu_field("flags").split())
 
 

@@ -163,6 +163,15 @@ ffi::Error check_dims(const char* fn, int64_t T, int64_t B, int64_t D, int64_t H
   return ffi::Error::Success();
 }
 
+// Checks that buffer `name` has rank `rank`; `what` spells the required shape, e.g. "(T, B, D)".
+template <typename Buf>
+ffi::Error check_rank(const char* fn, const char* name, const Buf& buf, size_t rank, const char* what) {
+  if (buf.dimensions().size() == rank) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": " + name + " has shape " +
+                                                          shape_str(buf.dimensions()) + " but must be rank " +
+                                                          std::to_string(rank) + ", " + what);
+}
+
 ffi::Error check_threads(const char* fn, int32_t threads) {
   if (threads < 1 || threads > kMaxThreads)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": attribute threads = " +
@@ -261,14 +270,8 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> gates,
                        ffi::ResultBuffer<ffi::F32> cs_out) {
   constexpr const char* fn = "LstmForward";
-  if (xs.dimensions().size() != 3)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": xs has shape " +
-                                                            shape_str(xs.dimensions()) +
-                                                            " but must be rank 3, (T, B, D)");
-  if (wh.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": w_h has shape " +
-                                                            shape_str(wh.dimensions()) +
-                                                            " but must be rank 2, (H, 4H)");
+  LSTM_RETURN_IF_ERROR(check_rank(fn, "xs", xs, 3, "(T, B, D)"));
+  LSTM_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
   const int64_t T64 = xs.dimensions()[0], B64 = xs.dimensions()[1], D64 = xs.dimensions()[2],
                 H64 = wh.dimensions()[0];
   LSTM_RETURN_IF_ERROR(check_dims(fn, T64, B64, D64, H64, "xs.shape[0]", "xs.shape[1]", "xs.shape[2]", "w_h.shape[0]"));
@@ -369,14 +372,8 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
                         ffi::Buffer<ffi::F32> ct_c, int32_t threads, ffi::ResultBuffer<ffi::F32> dz,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   constexpr const char* fn = "LstmBackward";
-  if (wh.dimensions().size() != 2)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": w_h has shape " +
-                                                            shape_str(wh.dimensions()) +
-                                                            " but must be rank 2, (H, 4H)");
-  if (cs_in.dimensions().size() != 3)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": cs has shape " +
-                                                            shape_str(cs_in.dimensions()) +
-                                                            " but must be rank 3, (T, B, H)");
+  LSTM_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
+  LSTM_RETURN_IF_ERROR(check_rank(fn, "cs", cs_in, 3, "(T, B, H)"));
   const int64_t T64 = cs_in.dimensions()[0], B64 = cs_in.dimensions()[1], H64 = wh.dimensions()[0];
   LSTM_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, "cs.shape[0]", "cs.shape[1]", "unused", "w_h.shape[0]"));
   LSTM_RETURN_IF_ERROR(check_threads(fn, threads));
