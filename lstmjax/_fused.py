@@ -77,9 +77,10 @@ class FusedRecurrence(NamedTuple):
             was faster in our measurements (the extra passes over `(T, ..., G)` arrays outside the
             loop cost more than the smaller backward loop saves when each step's work is small).
         native: the family's native CPU path, if it has one (`lstmjax._native`):
-            `native(params, xs, state, reverse) -> (final_state, ys)`, used instead of this one
-            from `native_min_hidden_size` up, without `lengths`, `mask`, `resets` or `remat`,
-            where `lstmjax._native.can_run_natively` says it can be.
+            `native(params, xs, state, reverse, valid) -> (final_state, ys)` (`valid`: `(T, *batch)`
+            bool or `None`, as `fused_unroll`'s), used instead of this one from
+            `native_min_hidden_size` up, without `resets`, where `lstmjax._native.can_run_natively`
+            says it can be (with `remat`, once per checkpointed chunk).
         native_min_hidden_size: see `native`.
     """
 
@@ -89,7 +90,7 @@ class FusedRecurrence(NamedTuple):
     hidden: Callable[[Any], jax.Array]
     additive: bool = False
     min_hidden_size: int = 1
-    native: Callable[[Any, jax.Array, Any, bool], tuple[Any, jax.Array]] | None = None
+    native: Callable[[Any, jax.Array, Any, bool, jax.Array | None], tuple[Any, jax.Array]] | None = None
     native_min_hidden_size: int = 1
 
 

@@ -9,13 +9,17 @@ nonlinearities fused in, the batch rows split across threads). Everything else s
 The derivative is laid out as in `lstmjax._fused` (a `jax.custom_jvp` whose tangent JAX transposes
 into the backward pass), with three primitives:
 
-* `lstm_forward`: `(ys, c_last, gates, cs) = forward(xs, w_x, w_h, b, h0, c0)`, with `gates`
-  (`(T, B, 4H)`, the values of `i, f, g, o` after their nonlinearities) and `cs` (`(T, B, H)`, the
-  long-term memory after each step) saved only for a derivative;
-* `lstm_tangent`: `(dys, dh_T, dc_T) = L(dz, dh0, dc0)`, the sequence's derivative given the
+* `lstm_forward`: `(hs, c_last, gates, cs) = forward(xs, valid, w_x, w_h, b, h0, c0)`, with `hs`
+  (`(T, B, H)`) the short-term memory after each step, `gates` (`(T, B, 4H)`, the values of
+  `i, f, g, o` after their nonlinearities) and `cs` (`(T, B, H)`, the long-term memory after each
+  step) saved only for a derivative. `valid` (`(T, B)`, bool) marks real steps: where it is
+  `False` the step is skipped and both memories are held (`lj.unroll`'s `lengths` and `mask`;
+  the caller zeroes those outputs, and `hs` keeps the held state so that `h_{t-1}` of the next
+  real step is at hand);
+* `lstm_tangent`: `(dhs, dh_T, dc_T) = L(dz, dh0, dc0)`, the sequence's derivative given the
   tangent `dz` (`(T, B, 4H)`) of every step's pre-activations from the weights and inputs
   (`dxs·w_x + xs·dw_x + db + h_{t-1}·dw_h`, formed outside the loop); linear in `(dz, dh0, dc0)`,
-  with `w_h, gates, cs, c0` as coefficients;
+  with `w_h, gates, cs, c0, valid` as coefficients;
 * `lstm_backward`: the transpose of `lstm_tangent`, `(dz, dh0, dc0) = Lᵀ(ct_ys, ct_h, ct_c)`:
   backpropagation through time carrying only `dh, dc`, native. The weight gradients are then the
   transposes of the products outside the loop: single large matrix multiplies in XLA.
@@ -28,9 +32,10 @@ one kernel call per item in a `lax.map`. The tests check values and derivatives 
 (`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
 `vmap` both ways against the XLA scan and float64.
 
-`lj.unroll` takes this path for an as-built `lj.lstm` cell in float32, with no `lengths`, `mask`,
-`resets` or `remat`, from `MIN_HIDDEN_SIZE` up, when `can_run_natively` holds: concrete shapes,
-a single CPU device as the default backend and the kernel available (`lstmjax._native_build`:
+`lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 without `resets`, from
+`MIN_HIDDEN_SIZE` up (with `remat`, each checkpointed chunk of steps is one pair of calls), when
+`can_run_natively` holds: concrete shapes, a single CPU device as the default backend and the
+kernel available (`lstmjax._native_build`:
 Linux on x86-64 with AVX-512F and a C++ compiler). With several devices it is not used: XLA
 cannot split an opaque custom call across a sharded batch. Inside the custom calls' lowering the
 batch is padded to a multiple of 4 rows and `H` to a multiple of 32 units with zeros (padded
@@ -67,45 +72,48 @@ def _split_gates(a: jax.Array) -> list[jax.Array]:
     return jnp.split(a, 4, axis=-1)
 
 
-def forward_reference(xs, w_x, w_h, b, h0, c0, *, save: bool):
-    """`lstm_forward` in JAX. xs `(T, B, D)`, w_x `(D, 4H)`, w_h `(H, 4H)`, b `(4H,)`, h0, c0 `(B, H)`;
-    returns ys `(T, B, H)`, c_last `(B, H)`, gates `(T, B, 4H)` and cs `(T, B, H)` (both `(0,)` unless `save`)."""
-    def step(carry, x):
-        h, c = carry
-        zi, zf, zg, zo = _split_gates(x @ w_x + h @ w_h + b)
+def forward_reference(xs, valid, w_x, w_h, b, h0, c0, *, save: bool):
+    """`lstm_forward` in JAX. xs `(T, B, D)`, valid `(T, B)` bool, w_x `(D, 4H)`, w_h `(H, 4H)`, b `(4H,)`,
+    h0, c0 `(B, H)`; returns hs `(T, B, H)`, c_last `(B, H)`, gates `(T, B, 4H)` and cs `(T, B, H)` (both
+    `(0,)` unless `save`)."""
+    def step(carry, inputs):
+        h_before, c_before = carry
+        x, real = inputs
+        zi, zf, zg, zo = _split_gates(x @ w_x + h_before @ w_h + b)
         i, f, g, o = jax.nn.sigmoid(zi), jax.nn.sigmoid(zf), jnp.tanh(zg), jax.nn.sigmoid(zo)
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        c = jnp.where(real[:, None], f * c_before + i * g, c_before)
+        h = jnp.where(real[:, None], o * jnp.tanh(c), h_before)
         return (h, c), ((h, jnp.concatenate([i, f, g, o], axis=-1), c) if save else (h,))
 
-    (_, c_last), stacked = lax.scan(step, (h0, c0), xs)
+    (_, c_last), stacked = lax.scan(step, (h0, c0), (xs, valid))
     empty = jnp.zeros((0,), xs.dtype)
     return (stacked[0], c_last, stacked[1], stacked[2]) if save else (stacked[0], c_last, empty, empty)
 
 
-def tangent_reference(w_h, gates, cs, c0, dz, dh0, dc0):
-    """`lstm_tangent` in JAX: the forward-mode scan `dz_t + dh_{t-1}·w_h` -> the step's linearisation.
-    Returns dys `(T, B, H)`, dh_T, dc_T `(B, H)`."""
+def tangent_reference(w_h, gates, cs, c0, valid, dz, dh0, dc0):
+    """`lstm_tangent` in JAX: the forward-mode scan `dz_t + dh_{t-1}·w_h` -> the step's linearisation
+    (held steps hold the tangents too). Returns dhs `(T, B, H)`, dh_T, dc_T `(B, H)`."""
     c_before = jnp.concatenate([c0[None], cs[:-1]])
 
     def step(carry, inputs):
-        dh, dc = carry
-        gates_t, c_t, c_before_t, dz_t = inputs
+        dh_before, dc_before = carry
+        gates_t, c_t, c_before_t, real, dz_t = inputs
         i, f, g, o = _split_gates(gates_t)
-        dzi, dzf, dzg, dzo = _split_gates(dz_t + dh @ w_h)
+        dzi, dzf, dzg, dzo = _split_gates(dz_t + dh_before @ w_h)
         tanh_c = jnp.tanh(c_t)
-        dc = f * dc + c_before_t * f * (1 - f) * dzf + i * (1 - g * g) * dzg + g * i * (1 - i) * dzi
+        dc = f * dc_before + c_before_t * f * (1 - f) * dzf + i * (1 - g * g) * dzg + g * i * (1 - i) * dzi
         dh = o * (1 - tanh_c * tanh_c) * dc + tanh_c * o * (1 - o) * dzo
+        dh, dc = jnp.where(real[:, None], dh, dh_before), jnp.where(real[:, None], dc, dc_before)
         return (dh, dc), dh
 
-    (dh_last, dc_last), dys = lax.scan(step, (dh0, dc0), (gates, cs, c_before, dz))
-    return dys, dh_last, dc_last
+    (dh_last, dc_last), dhs = lax.scan(step, (dh0, dc0), (gates, cs, c_before, valid, dz))
+    return dhs, dh_last, dc_last
 
 
-def backward_reference(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+def backward_reference(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
     """`lstm_backward` in JAX: the transpose of `tangent_reference` in `(dz, dh0, dc0)`."""
     steps, batch, hidden = cs.shape
-    linear = functools.partial(tangent_reference, w_h, gates, cs, c0)
+    linear = functools.partial(tangent_reference, w_h, gates, cs, c0, valid)
     avals = (jax.ShapeDtypeStruct((steps, batch, 4 * hidden), gates.dtype),
              jax.ShapeDtypeStruct((batch, hidden), c0.dtype), jax.ShapeDtypeStruct((batch, hidden), c0.dtype))
     return jax.linear_transpose(linear, *avals)((ct_ys, ct_h, ct_c))
@@ -172,27 +180,28 @@ def _unpad(a: jax.Array, batch: int, hidden: int, gates: bool, batch_axis: int) 
     return a[..., :hidden]
 
 
-def _forward_native(xs, w_x, w_h, b, h0, c0, *, save):
+def _forward_native(xs, valid, w_x, w_h, b, h0, c0, *, save):
     """`lstm_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
     steps, batch, _ = xs.shape
     hidden = w_h.shape[0]
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
     padded = (steps, batch + rows, hidden + units)
     xs = jnp.pad(xs, ((0, 0), (0, rows), (0, 0)))
+    valid = jnp.pad(valid.astype(jnp.uint8), ((0, 0), (0, rows)))
     w_x, b, w_h = _pad_units(w_x, units, gates=True), _pad_units(b, units, gates=True), _pad_recurrent(w_h, units)
     h0, c0 = (jnp.pad(s, ((0, rows), (0, units))) for s in (h0, c0))
     shapes = [jax.ShapeDtypeStruct(padded, xs.dtype), jax.ShapeDtypeStruct(padded[1:], xs.dtype),
               jax.ShapeDtypeStruct((*padded[:2], 4 * padded[2]) if save else (0,), xs.dtype),
               jax.ShapeDtypeStruct(padded if save else (0,), xs.dtype)]
     ys, c_last, gates, cs = jax.ffi.ffi_call(TARGETS["forward"], shapes)(
-        xs, w_x, w_h, b, h0, c0, threads=np.int32(_threads(padded[1])), save=np.int32(save))
+        xs, valid, w_x, w_h, b, h0, c0, threads=np.int32(_threads(padded[1])), save=np.int32(save))
     ys, c_last = _unpad(ys, batch, hidden, False, 1), _unpad(c_last, batch, hidden, False, 0)
     if save:
         gates, cs = _unpad(gates, batch, hidden, True, 1), _unpad(cs, batch, hidden, False, 1)
     return ys, c_last, gates, cs
 
 
-def _backward_native(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+def _backward_native(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
     """`lstm_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = cs.shape
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
@@ -201,15 +210,16 @@ def _backward_native(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
     gates = pad_rows(_pad_units(gates, units, gates=True), 1)
     cs, ct_ys = (pad_rows(_pad_units(a, units, gates=False), 1) for a in (cs, ct_ys))
     c0, ct_h, ct_c = (pad_rows(_pad_units(a, units, gates=False), 0) for a in (c0, ct_h, ct_c))
+    valid = pad_rows(valid.astype(jnp.uint8), 1)
     shapes = [jax.ShapeDtypeStruct(gates.shape, gates.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
               jax.ShapeDtypeStruct(c0.shape, c0.dtype)]
     dz, dh0, dc0 = jax.ffi.ffi_call(TARGETS["backward"], shapes)(
-        w_h, gates, cs, c0, ct_ys, ct_h, ct_c, threads=np.int32(_threads(batch + rows)))
+        w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c, threads=np.int32(_threads(batch + rows)))
     return (_unpad(dz, batch, hidden, True, 1), _unpad(dh0, batch, hidden, False, 0),
             _unpad(dc0, batch, hidden, False, 0))
 
 
-def _forward_avals(xs, w_x, w_h, b, h0, c0, *, save):
+def _forward_avals(xs, valid, w_x, w_h, b, h0, c0, *, save):
     steps, batch, _ = xs.shape
     hidden = w_h.shape[0]
     saved = ((steps, batch, 4 * hidden), (steps, batch, hidden)) if save else ((0,), (0,))
@@ -217,11 +227,11 @@ def _forward_avals(xs, w_x, w_h, b, h0, c0, *, save):
             _aval(saved[0], xs.dtype), _aval(saved[1], xs.dtype))
 
 
-def _tangent_avals(w_h, gates, cs, c0, dz, dh0, dc0):
+def _tangent_avals(w_h, gates, cs, c0, valid, dz, dh0, dc0):
     return _aval(cs.shape, cs.dtype), _aval(c0.shape, c0.dtype), _aval(c0.shape, c0.dtype)
 
 
-def _backward_avals(w_h, gates, cs, c0, ct_ys, ct_h, ct_c):
+def _backward_avals(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
     return _aval(gates.shape, gates.dtype), _aval(c0.shape, c0.dtype), _aval(c0.shape, c0.dtype)
 
 
@@ -229,7 +239,7 @@ forward_p = _primitive("lstm_forward", forward_reference, _forward_avals, _forwa
 tangent_p = _primitive("lstm_tangent", tangent_reference, _tangent_avals)
 backward_p = _primitive("lstm_backward", backward_reference, _backward_avals, _backward_native)
 
-COEFFICIENTS = 4  # tangent_p and backward_p: (w_h, gates, cs, c0) first, then the three linear arguments
+COEFFICIENTS = 5  # tangent_p and backward_p: (w_h, gates, cs, c0, valid) first, then the three linear arguments
 
 
 # ---- derivatives
@@ -276,9 +286,9 @@ ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p)
 # Batch axis of each argument in the kernel's layout (xs and the stacked arrays are (T, B, ...)),
 # None for the weights, which cannot be folded into the batch.
 _BATCH_AXES = {
-    forward_p: ((1, None, None, None, 0, 0), lambda save: (1, 0, 1, 1) if save else (1, 0, None, None)),
-    tangent_p: ((None, 1, 1, 0, 1, 0, 0), lambda: (1, 0, 0)),
-    backward_p: ((None, 1, 1, 0, 1, 0, 0), lambda: (1, 0, 0)),
+    forward_p: ((1, 1, None, None, None, 0, 0), lambda save: (1, 0, 1, 1) if save else (1, 0, None, None)),
+    tangent_p: ((None, 1, 1, 0, 1, 1, 0, 0), lambda: (1, 0, 0)),
+    backward_p: ((None, 1, 1, 0, 1, 1, 0, 0), lambda: (1, 0, 0)),
 }
 _REFERENCES = {forward_p: forward_reference, tangent_p: tangent_reference, backward_p: backward_reference}
 
@@ -328,16 +338,16 @@ for _p in (forward_p, tangent_p, backward_p):
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry
 
 @jax.custom_jvp
-def _sequence(w_x, w_h, b, xs, h0, c0):
-    ys, c_last, _, _ = forward_p.bind(xs, w_x, w_h, b, h0, c0, save=False)
-    return ys, c_last
+def _sequence(w_x, w_h, b, xs, valid, h0, c0):
+    hs, c_last, _, _ = forward_p.bind(xs, valid, w_x, w_h, b, h0, c0, save=False)
+    return hs, c_last
 
 
 def _sequence_jvp(primals, tangents):
-    w_x, w_h, b, xs, h0, c0 = primals
-    dw_x, dw_h, db, dxs, dh0, dc0 = tangents
-    ys, c_last, gates, cs = forward_p.bind(xs, w_x, w_h, b, h0, c0, save=True)
-    h_before = jnp.concatenate([h0[None], ys[:-1]])
+    w_x, w_h, b, xs, valid, h0, c0 = primals
+    dw_x, dw_h, db, dxs, _, dh0, dc0 = tangents
+    hs, c_last, gates, cs = forward_p.bind(xs, valid, w_x, w_h, b, h0, c0, save=True)
+    h_before = jnp.concatenate([h0[None], hs[:-1]])
     rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
     # As 2-D products, so that their transposes (the weight gradients) read dz (T·B, 4H) as it is laid out.
     terms = [(dxs, lambda d: rows(d) @ w_x), (dw_x, lambda d: rows(xs) @ d), (db, lambda d: d[None]),
@@ -346,8 +356,8 @@ def _sequence_jvp(primals, tangents):
     dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape)
     dz = dz.reshape(gates.shape)
     dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))
-    dys, _, dc_last = tangent_p.bind(w_h, gates, cs, c0, dz, dh0, dc0)
-    return (ys, c_last), (dys, dc_last)
+    dhs, _, dc_last = tangent_p.bind(w_h, gates, cs, c0, valid, dz, dh0, dc0)
+    return (hs, c_last), (dhs, dc_last)
 
 
 _sequence.defjvp(_sequence_jvp, symbolic_zeros=True)
@@ -364,15 +374,21 @@ def can_run_natively(params, xs: jax.Array, state) -> bool:
             and jax.default_backend() == "cpu" and jax.device_count() == 1 and native_kernel_status().available)
 
 
-def native_unroll(params, xs: jax.Array, state, reverse: bool):
-    """`(final_state, ys)` of an LSTM (`lj.LSTMParams`, `lj.LSTMState`) over `xs` `(T, *batch, D)`."""
+def native_unroll(params, xs: jax.Array, state, reverse: bool, valid: jax.Array | None = None):
+    """`(final_state, ys)` of an LSTM (`lj.LSTMParams`, `lj.LSTMState`) over `xs` `(T, *batch, D)`; `valid`
+    (`(T, *batch)` bool, or `None` for all steps real) as in `lj.unroll`: a step that is not real holds
+    the state and outputs zeros."""
     steps, batch_shape, inputs = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
     hidden = params.w_h.shape[0]
     batch = int(np.prod(batch_shape, dtype=np.int64))
     xs = xs.reshape(steps, batch, inputs)
+    real = jnp.ones((steps, batch), bool) if valid is None else valid.reshape(steps, batch)
     h0, c0 = (s.reshape(batch, hidden) for s in (state.h, state.c))
-    ys, c_last = _sequence(params.w_x, params.w_h, params.b, xs[::-1] if reverse else xs, h0, c0)
-    h_last = ys[-1]
+    if reverse:
+        xs, real = xs[::-1], real[::-1]
+    hs, c_last = _sequence(params.w_x, params.w_h, params.b, xs, real, h0, c0)
+    h_last = hs[-1]
+    ys = hs if valid is None else jnp.where(real[..., None], hs, 0)
     if reverse:
         ys = ys[::-1]
     final = type(state)(h=h_last.reshape(*batch_shape, hidden), c=c_last.reshape(*batch_shape, hidden))

@@ -66,9 +66,9 @@ def unroll(
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
     On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
-    float32 from H = 32, with at least one step and one sequence and without `lengths`, `mask`,
-    `resets` or `remat` (and not in `unroll_with_internals`), runs both time loops
-    (forward, and backward under `jax.grad`) in a native kernel called by XLA (`lstmjax._native`;
+    float32 from H = 32, with at least one step and one sequence and without `resets` (and not in
+    `unroll_with_internals`), runs both time loops (forward, and backward under `jax.grad`) in a
+    native kernel called by XLA, `lengths`, `mask` and `remat` included (`lstmjax._native`;
     `lj.native_kernel_status()` says whether this machine has it; `LSTMJAX_NATIVE=0` in the
     environment before the first LSTM runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
     cells from H = 256 (where it measured faster on a CPU) run on a fast path when no `resets`
@@ -142,15 +142,17 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
     fused = cell.fused
     if with_internals or reset is not None or fused is None or not is_as_built(cell):
         fused = None
-    if (fused is not None and fused.native is not None and valid is None and chunk is None
-            and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)):
-        final_state, ys = fused.native(params, xs, init_state, reverse)
-        return final_state, ys, None
+    native = (fused.native if fused is not None and fused.native is not None
+              and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)
+              else None)
     if fused is not None and cell.hidden_size < fused.min_hidden_size:
         fused = None
 
     def run(carry, inputs):
         """Runs a stretch of steps: `carry` = (state, reset pending), `inputs` = (xs, valid, reset)."""
+        if native is not None:
+            final, ys = native(params, inputs[0], carry[0], reverse, inputs[1])
+            return (final, carry[1]), (ys, None)
         if fused is not None:
             final, ys = fused_unroll(fused, params, inputs[0], carry[0], inputs[1], reverse)
             return (final, carry[1]), (ys, None)

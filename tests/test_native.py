@@ -45,10 +45,10 @@ def _xla(cell):
     return cell._replace(fused=None)
 
 
-def _loss(cell, reverse=False):
+def _loss(cell, reverse=False, **options):
     """Depends nonlinearly on every output and on both parts of the final state."""
     def loss(params, xs, state):
-        final, ys = lj.unroll(cell, params, xs, state, reverse=reverse)
+        final, ys = lj.unroll(cell, params, xs, state, reverse=reverse, **options)
         return jnp.sum(jnp.sin(3.0 * ys)) + jnp.sum(0.3 * final.h) + jnp.sum(jnp.cos(final.c))
     return loss
 
@@ -82,16 +82,34 @@ def assert_as_accurate_as_xla(native, xla, exact, floor=1e-6):
         assert error_native <= max(2 * error_xla, floor), f"leaf {index}: native {error_native}, XLA {error_xla}"
 
 
-CASES = {"B20_H128": False, "B3_H40_padded-reverse": True, "unbatched_H64": False, "batch2x3_H32-reverse": True,
-         "T1_B8_H96": False}
+def _options(kind, steps, batch_shape, seed=5):
+    """`lj.unroll` options of one kind: `lengths` from 0 to T (so some sequences are empty and some
+    full), or a random `mask` with gaps (so a real step follows held ones)."""
+    rng = np.random.default_rng(seed)
+    if kind == "lengths":
+        lengths = np.asarray(rng.integers(0, steps + 1, batch_shape))
+        lengths.flat[0], lengths.flat[-1] = steps, 0 if lengths.size > 1 else steps
+        return {"lengths": lengths}
+    if kind == "mask":
+        return {"mask": rng.random((steps, *batch_shape)) < 0.6}
+    return {}
+
+
+CASES = {"B20_H128": (False, ""), "B3_H40_padded-reverse": (True, ""), "unbatched_H64": (False, ""),
+         "batch2x3_H32-reverse": (True, ""), "T1_B8_H96": (False, ""),
+         "B20_H128-lengths": (False, "lengths"), "B3_H40_padded-mask-reverse": (True, "mask"),
+         "batch2x3_H32-lengths-reverse": (True, "lengths")}
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
-    reverse = CASES[case]
-    cell, params, xs, state = _problem(*SHAPES[case.removesuffix("-reverse")])
-    unroll = lambda c: (lambda *a: lj.unroll(c, *a, reverse=reverse))  # noqa: E731
-    gradient = lambda c: jax.grad(_loss(c, reverse), argnums=(0, 1, 2))  # noqa: E731
+    """Also with `lengths`, `mask` (held steps, zero outputs) and `remat` (one kernel call per chunk)."""
+    reverse, kinds = CASES[case]
+    shape = SHAPES[case.split("-")[0]]
+    cell, params, xs, state = _problem(*shape)
+    options = _options(kinds, shape[0], shape[1])
+    unroll = lambda c: (lambda *a: lj.unroll(c, *a, reverse=reverse, **options))  # noqa: E731
+    gradient = lambda c: jax.grad(_loss(c, reverse, **options), argnums=(0, 1, 2))  # noqa: E731
     assert "lstm_forward" in _ops(unroll(cell), params, xs, state)
     for function in (unroll, gradient):
         assert_as_accurate_as_xla(jax.jit(function(cell))(params, xs, state), function(_xla(cell))(params, xs, state),
@@ -108,20 +126,23 @@ def test_the_gradient_runs_the_backward_kernel_and_no_loop():
 
 
 def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
+    """With a mask (held steps hold their tangents too); without one the kernel runs the same code."""
     cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
+    options = _options("mask", xs.shape[0], xs.shape[1:-1])
     tangents = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape), (params, xs, state))
-    unroll = lambda c: (lambda p, x, s: lj.unroll(c, p, x, s))  # noqa: E731
+    unroll = lambda c: (lambda p, x, s: lj.unroll(c, p, x, s, **options))  # noqa: E731
     assert_trees_all_close(jax.jvp(unroll(cell), (params, xs, state), tangents),
                            jax.jvp(unroll(_xla(cell)), (params, xs, state), tangents), rtol=1e-4, atol=2e-5)
 
     def hvp(c):  # forward over reverse
-        return jax.jvp(lambda p: jax.grad(_loss(c))(p, xs, state), (params,), (tangents[0],))[1]
+        return jax.jvp(lambda p: jax.grad(_loss(c, **options))(p, xs, state), (params,), (tangents[0],))[1]
 
     def reverse_over_forward(c):
-        return jax.grad(lambda p: jax.jvp(lambda q: _loss(c)(q, xs, state), (p,), (tangents[0],))[1])(params)
+        return jax.grad(lambda p: jax.jvp(lambda q: _loss(c, **options)(q, xs, state), (p,), (tangents[0],))[1])(
+            params)
 
     def reverse_over_reverse(c):
-        return jax.grad(lambda p: jnp.sum(jax.grad(_loss(c))(p, xs, state).w_h ** 2))(params)
+        return jax.grad(lambda p: jnp.sum(jax.grad(_loss(c, **options))(p, xs, state).w_h ** 2))(params)
 
     for second in (hvp, reverse_over_forward, reverse_over_reverse):
         assert_trees_all_close(second(cell), second(_xla(cell)), rtol=1e-3, atol=1e-4)
@@ -134,6 +155,12 @@ def test_vmap_over_data_folds_into_the_kernel_and_over_weights_maps_it():
     assert "lstm_backward" in _ops(per_example, params, many_xs, state)
     assert_trees_all_close(per_example(params, many_xs, state),
                            jax.vmap(jax.grad(_loss(_xla(cell))), in_axes=(None, 0, None))(params, many_xs, state),
+                           rtol=1e-4, atol=2e-5)
+    lengths = jnp.array([[9, 0, 4], [1, 9, 9], [3, 3, 0]])  # mapped with the data: folded into the batch too
+    with_lengths = lambda c: jax.vmap(lambda x, n: jax.grad(  # noqa: E731
+        lambda p: _loss(c, lengths=n)(p, x, state))(params))
+    assert "lstm_backward" in _ops(with_lengths(cell), many_xs, lengths)
+    assert_trees_all_close(with_lengths(cell)(many_xs, lengths), with_lengths(_xla(cell))(many_xs, lengths),
                            rtol=1e-4, atol=2e-5)
     seeds = jax.tree_util.tree_map(lambda w: jnp.stack([w, 0.7 * w]), params)
     assert "lstm_backward" in _ops(jax.vmap(jax.grad(_loss(cell)), in_axes=(0, None, None)), seeds, xs, state)
@@ -166,12 +193,23 @@ def test_nan_inputs_give_nan_outputs():
     assert not np.isnan(np.asarray(ys[:, 4])).any(), "other sequences are independent of it"
 
 
-@pytest.mark.parametrize("case", ["float64", "mask", "resets", "remat", "below_threshold", "gru"])
+def test_remat_runs_one_kernel_pair_per_chunk_with_the_plain_gradient():
+    cell, params, xs, state = _problem(*SHAPES["B20_H128"])
+    lengths = _options("lengths", xs.shape[0], xs.shape[1:-1])["lengths"]
+    plain = jax.jit(jax.grad(_loss(cell, lengths=lengths)))(params, xs, state)
+    chunked = jax.jit(jax.grad(_loss(cell, lengths=lengths, remat=3)))
+    hlo = chunked.lower(params, xs, state).as_text()
+    # the forward scan (no saving), its recomputation under the checkpoint (saving) and the backward:
+    # each one custom call inside a loop over the ceil(20 / 3) chunks
+    assert hlo.count("lstmjax_lstm_forward") == 2 and hlo.count("lstmjax_lstm_backward") == 1 and "while" in hlo
+    assert_trees_all_close(chunked(params, xs, state), plain, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("case", ["float64", "resets", "below_threshold", "gru", "with_internals"])
 def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
     hidden = 16 if case == "below_threshold" else 64
     cell, params, xs, state = _problem(6, (4,), 3, hidden)
-    options = {"mask": {"mask": np.ones((6, 4), bool)}, "resets": {"resets": np.zeros((6, 4), bool)},
-               "remat": {"remat": 2}}.get(case, {})
+    options = {"resets": {"resets": np.zeros((6, 4), bool)}}.get(case, {})
     if case == "gru":
         cell = lj.gru(hidden)
         params, state = cell.init(jax.random.PRNGKey(0), 3), None
@@ -180,6 +218,9 @@ def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
             params, xs = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, xs))
             state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), state)
             assert "lstm_forward" not in _ops(lambda p: lj.unroll(cell, p, xs, state), params)
+        return
+    if case == "with_internals":
+        assert "lstm_forward" not in _ops(lambda p: lj.unroll_with_internals(cell, p, xs, state), params)
         return
     assert "lstm_forward" not in _ops(lambda p: lj.unroll(cell, p, xs, state, **options), params)
 
@@ -249,8 +290,11 @@ def test_several_devices_keep_the_xla_path_that_xla_can_split():
 def test_kernel_refuses_inconsistent_shapes_by_name():
     """The custom call checks its buffers itself (the wrappers never send such shapes)."""
     shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in [(2, 4, 32), (4, 32), (2, 4, 128), (2, 4, 32)]]
-    call = jax.ffi.ffi_call(_native.TARGETS["forward"], shapes)
-    xs, w_x = jnp.zeros((2, 4, 3)), jnp.zeros((5, 128))  # w_x should have 3 rows
-    with pytest.raises(Exception, match=r"w_x"):
-        jax.block_until_ready(jax.jit(lambda *a: call(*a, threads=np.int32(1), save=np.int32(1)))(
-            xs, w_x, jnp.zeros((32, 128)), jnp.zeros(128), jnp.zeros((4, 32)), jnp.zeros((4, 32))))
+    call = jax.jit(lambda *a: jax.ffi.ffi_call(_native.TARGETS["forward"], shapes)(
+        *a, threads=np.int32(1), save=np.int32(1)))
+    xs, valid, w_x = jnp.zeros((2, 4, 3)), jnp.ones((2, 4), jnp.uint8), jnp.zeros((3, 128))
+    rest = (jnp.zeros((32, 128)), jnp.zeros(128), jnp.zeros((4, 32)), jnp.zeros((4, 32)))
+    with pytest.raises(Exception, match=r"w_x has shape \(5, 128\) but must be \(D, 4H\) = \(3, 128\)"):
+        jax.block_until_ready(call(xs, valid, jnp.zeros((5, 128)), *rest))
+    with pytest.raises(Exception, match=r"valid has shape \(4, 2\) but must be \(T, B\) = \(2, 4\)"):
+        jax.block_until_ready(call(xs, valid.T, w_x, *rest))

@@ -9,19 +9,23 @@
 // h_{-1} = h0, c_{-1} = c0:
 //   z_t = x_t @ w_x + h_{t-1} @ w_h + b                       (B, 4H)
 //   i = sigmoid(z_i)  f = sigmoid(z_f)  g = tanh(z_g)  o = sigmoid(z_o)
-//   c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t);   ys[t] = h_t
+//   c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)          where valid[t, b] != 0
+//   c_t = c_{t-1};               h_t = h_{t-1}                where valid[t, b] == 0 (the state is held)
+//   ys[t] = h_t (the state: a caller that wants zero outputs on held steps masks ys itself)
 //
 // LstmForwardHandler
-//   args:    xs (T,B,D), w_x (D,4H), w_h (H,4H), b (4H,), h0 (B,H), c0 (B,H)
+//   args:    xs (T,B,D), valid (T,B) uint8, w_x (D,4H), w_h (H,4H), b (4H,), h0 (B,H), c0 (B,H)
 //   attrs:   threads (int32), save (int32, 0 or 1)
 //   results: ys (T,B,H), c_last (B,H) = c_{T-1}, gates, cs
-//            save = 1: gates (T,B,4H) = post-activation [i f g o] in original layout, cs (T,B,H) = c_t
+//            save = 1: gates (T,B,4H) = post-activation [i f g o] in original layout (on a held step:
+//                      computed from the held state, and not used by the backward), cs (T,B,H) = c_t
 //            save = 0: gates and cs must have shape (0,) and are not written (inference path: the
 //                      workspace is O(weights + threads), never O(T)); c_last doubles as the running c.
 // LstmBackwardHandler (backpropagation through time, no weight gradients: the caller computes
 // those as large matrix products from dz)
-//   args:    w_h (H,4H), gates (T,B,4H), cs (T,B,H), c0 (B,H), ct_ys (T,B,H), ct_h (B,H), ct_c (B,H)
-//            (gates and cs as saved by the forward; ct_* the cotangents of ys, h_{T-1}, c_{T-1})
+//   args:    w_h (H,4H), gates (T,B,4H), cs (T,B,H), c0 (B,H), valid (T,B) uint8, ct_ys (T,B,H), ct_h (B,H),
+//            ct_c (B,H) (gates, cs and valid as given to and saved by the forward; ct_* the cotangents of
+//            ys, h_{T-1}, c_{T-1})
 //   attrs:   threads (int32)
 //   results: dz (T,B,4H) = d loss / d z_t in original layout, dh0 (B,H), dc0 (B,H)
 //   For t = T-1 .. 0:
@@ -29,6 +33,9 @@
 //     dc_t = (t == T-1 ? ct_c : dc_{t+1} * f_{t+1}) + dh_t * o_t * (1 - tanh(c_t)^2)
 //     dz_i = dc_t g i (1-i), dz_f = dc_t c_{t-1} f (1-f), dz_g = dc_t i (1-g^2), dz_o = dh_t tanh(c_t) o (1-o)
 //   dh0 = dz_0 @ w_h^T, dc0 = dc_0 * f_0. tanh(c_t) is recomputed from cs.
+//   On a held step (valid[t, b] == 0) row b passes its cotangents through unchanged: dz_t = 0, the
+//   cotangent of h_{t-1} is dh_t (kept aside in a per-call buffer, since the recurrent product of
+//   the next step down overwrites it with dz_t @ w_h^T = 0) and that of c_{t-1} is the carried dc.
 //
 // Constraints (checked; a violation returns kInvalidArgument with a message naming the dimension,
 // the value received and what is required): T >= 1; B >= 4 and B % 4 == 0; D >= 1; H >= 32 and
@@ -234,9 +241,10 @@ inline int workers_for(ffi::ThreadPool& pool, int32_t threads) {
 
 // ---------------------------------------------------------------- forward
 // One row block of MR rows at step t, hidden-unit panel p: pre-activations of the panel's 64
-// interleaved columns into Z (MR x 64), then the nonlinearities and state update.
+// interleaved columns into Z (MR x 64), then the nonlinearities and state update (rows whose
+// vt entry is 0 keep their state).
 template <int MR>
-__attribute__((always_inline)) inline void fwd_block(int D, int H, const float* xt, const float* hp,
+__attribute__((always_inline)) inline void fwd_block(int D, int H, const float* xt, const uint8_t* vt, const float* hp,
                                                      const float* Wpp, const float* bip, float* Z, float* cst,
                                                      float* yt, float* gt, float* cst_save, int p) {
   const long G4 = 4L * H;
@@ -249,8 +257,13 @@ __attribute__((always_inline)) inline void fwd_block(int D, int H, const float* 
     __m512 fg = sigm512(_mm512_load_ps(z + 16));
     __m512 gg = tanh512(_mm512_load_ps(z + 32));
     __m512 og = sigm512(_mm512_load_ps(z + 48));
-    __m512 c = _mm512_fmadd_ps(fg, _mm512_loadu_ps(cst + hi), _mm512_mul_ps(ig, gg));
-    __m512 h = _mm512_mul_ps(og, tanh512(c));
+    __m512 c = _mm512_loadu_ps(cst + hi), h;
+    if (vt[r]) {
+      c = _mm512_fmadd_ps(fg, c, _mm512_mul_ps(ig, gg));
+      h = _mm512_mul_ps(og, tanh512(c));
+    } else {
+      h = _mm512_loadu_ps(hp + hi);
+    }
     _mm512_storeu_ps(cst + hi, c);
     _mm512_storeu_ps(yt + hi, h);
     if (gt) {
@@ -264,7 +277,7 @@ __attribute__((always_inline)) inline void fwd_block(int D, int H, const float* 
   }
 }
 
-ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> wh,
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> wh,
                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                        int32_t threads, int32_t save, ffi::ResultBuffer<ffi::F32> ys,
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> gates,
@@ -279,6 +292,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
   if (save != 0 && save != 1)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       std::string(fn) + ": attribute save = " + std::to_string(save) + " must be 0 or 1");
+  LSTM_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "w_x", wx, {D64, 4 * H64}, "(D, 4H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 4 * H64}, "(H, 4H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "b", bias, {4 * H64}, "(4H,)"));
@@ -306,6 +320,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
   float* Wp = ws.p + oWp;
   float* BI = ws.p + oBI;
   const float* X = xs.typed_data();
+  const uint8_t* V = valid.typed_data();
   const float* WX = wx.typed_data();
   const float* WH = wh.typed_data();
   const float* BS = bias.typed_data();
@@ -335,6 +350,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
     if (BR > 0) std::memcpy(cst, C0 + (size_t)r0 * H, sizeof(float) * BR * H);
     for (int t = 0; t < T && BR > 0; ++t) {
       const float* xt = X + ((size_t)t * B + r0) * D;
+      const uint8_t* vt = V + (size_t)t * B + r0;
       const float* hp = t ? Y + ((size_t)(t - 1) * B + r0) * H : H0 + (size_t)r0 * H;
       float* yt = Y + ((size_t)t * B + r0) * H;
       float* gt = GT ? GT + ((size_t)t * B + r0) * G4 : nullptr;
@@ -344,11 +360,11 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
         const float* bip = BI + p * 64;
         int rb = 0;
         for (; rb + kFwdMR <= BR; rb += kFwdMR)
-          fwd_block<kFwdMR>(D, H, xt + (size_t)rb * D, hp + (size_t)rb * H, Wpp, bip, Z, cst + (size_t)rb * H,
+          fwd_block<kFwdMR>(D, H, xt + (size_t)rb * D, vt + rb, hp + (size_t)rb * H, Wpp, bip, Z, cst + (size_t)rb * H,
                             yt + (size_t)rb * H, gt ? gt + (size_t)rb * G4 : nullptr,
                             csv ? csv + (size_t)rb * H : nullptr, p);
         for (; rb < BR; rb += 4)  // remainder (BR % 4 == 0)
-          fwd_block<4>(D, H, xt + (size_t)rb * D, hp + (size_t)rb * H, Wpp, bip, Z, cst + (size_t)rb * H,
+          fwd_block<4>(D, H, xt + (size_t)rb * D, vt + rb, hp + (size_t)rb * H, Wpp, bip, Z, cst + (size_t)rb * H,
                        yt + (size_t)rb * H, gt ? gt + (size_t)rb * G4 : nullptr, csv ? csv + (size_t)rb * H : nullptr,
                        p);
       }
@@ -368,7 +384,7 @@ inline void bwd_rec(int BR, int G4, int H, const float* A, const float* Wtq, flo
 }
 
 ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs_in,
-                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> ct_ys, ffi::Buffer<ffi::F32> ct_h,
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::U8> valid, ffi::Buffer<ffi::F32> ct_ys, ffi::Buffer<ffi::F32> ct_h,
                         ffi::Buffer<ffi::F32> ct_c, int32_t threads, ffi::ResultBuffer<ffi::F32> dz,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   constexpr const char* fn = "LstmBackward";
@@ -381,6 +397,7 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
   LSTM_RETURN_IF_ERROR(check_shape(fn, "gates", gates, {T64, B64, 4 * H64}, "(T, B, 4H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "cs", cs_in, {T64, B64, H64}, "(T, B, H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "c0", c0, {B64, H64}, "(B, H)"));
+  LSTM_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_ys", ct_ys, {T64, B64, H64}, "(T, B, H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_h", ct_h, {B64, H64}, "(B, H)"));
   LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_c", ct_c, {B64, H64}, "(B, H)"));
@@ -389,13 +406,16 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
   LSTM_RETURN_IF_ERROR(check_shape(fn, "result dc0", *dc0, {B64, H64}, "(B, H)"));
   const int T = (int)T64, B = (int)B64, H = (int)H64, G4 = 4 * H, NQ = H / 32;
 
-  // workspace: w_h^T packed into NQ panels of (4H x 32): Wt[q][k][c] = w_h[q*32 + c][k]
-  const size_t total = (size_t)G4 * H;
+  // workspace: w_h^T packed into NQ panels of (4H x 32): Wt[q][k][c] = w_h[q*32 + c][k]; then
+  // `held` (B x H): the cotangent of h_t of each row whose step t is held, until step t-1 uses it
+  const size_t oHeld = round16((size_t)G4 * H), total = oHeld + (size_t)B * H;
   Workspace ws(total);
   if (!ws.p)
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
   float* Wt = ws.p;
+  float* HELD = ws.p + oHeld;
+  const uint8_t* V = valid.typed_data();
   const float* WH = wh.typed_data();
   const float* GS = gates.typed_data();
   const float* CS = cs_in.typed_data();
@@ -427,6 +447,14 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
     // (ct_c at t = T-1), kept in dc0. Both end up holding the results.
     float* dhr = DH0 + (size_t)r0 * H;
     float* dcr = DC0 + (size_t)r0 * H;
+    float* held = HELD + (size_t)r0 * H;
+    // after the recurrent product into dhr's columns q*32 .. q*32+31: rows held at step s pass dh_s on
+    auto pass_held = [&](const uint8_t* vs, int q) {
+      for (int r = 0; r < BR; ++r)
+        if (!vs[r])
+          for (int k = 0; k < 32; k += 16)
+            _mm512_storeu_ps(dhr + (size_t)r * H + q * 32 + k, _mm512_loadu_ps(held + (size_t)r * H + q * 32 + k));
+    };
     if (BR > 0) {
       std::memcpy(dhr, DHT + (size_t)r0 * H, sizeof(float) * BR * H);
       std::memcpy(dcr, DCT + (size_t)r0 * H, sizeof(float) * BR * H);
@@ -440,11 +468,20 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
       const float* Ct = CS + rowt * H;
       const float* Cp = t ? CS + (rowt - B) * H : C0 + (size_t)r0 * H;
       const float* Yt = DY + rowt * H;
+      const uint8_t* vt = V + rowt;
       for (int q = 0; q < NQ; ++q) {
-        if (t < T - 1) bwd_rec(BR, G4, H, Dn, Wt + (size_t)q * G4 * 32, dhr + q * 32);
+        if (t < T - 1) {
+          bwd_rec(BR, G4, H, Dn, Wt + (size_t)q * G4 * 32, dhr + q * 32);
+          pass_held(vt + B, q);
+        }
         for (int r = 0; r < BR; ++r)
           for (int p = 2 * q; p < 2 * q + 2; ++p) {
             const size_t hi = (size_t)r * H + p * 16, gi = (size_t)r * G4 + p * 16;
+            if (!vt[r]) {  // held step: dz_t = 0, dh_t kept for step t-1, dcr (dc_t) unchanged
+              _mm512_storeu_ps(held + hi, _mm512_add_ps(_mm512_loadu_ps(Yt + hi), _mm512_loadu_ps(dhr + hi)));
+              for (int g = 0; g < 4; ++g) _mm512_storeu_ps(Dt + gi + g * H, _mm512_setzero_ps());
+              continue;
+            }
             __m512 ig = _mm512_loadu_ps(Gt + gi), fg = _mm512_loadu_ps(Gt + gi + H),
                    gg = _mm512_loadu_ps(Gt + gi + 2 * H), og = _mm512_loadu_ps(Gt + gi + 3 * H);
             __m512 tc = tanh512(_mm512_loadu_ps(Ct + hi));
@@ -463,9 +500,12 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
           }
       }
     }
-    // dh0 = dz_0 @ w_h^T (dc0 already holds dc_0 * f_0)
+    // dh0 = dz_0 @ w_h^T, or dh_0 where step 0 is held (dc0 already holds dc_0 * f_0, or dc_0)
     if (BR > 0)
-      for (int q = 0; q < NQ; ++q) bwd_rec(BR, G4, H, DZ + (size_t)r0 * G4, Wt + (size_t)q * G4 * 32, dhr + q * 32);
+      for (int q = 0; q < NQ; ++q) {
+        bwd_rec(BR, G4, H, DZ + (size_t)r0 * G4, Wt + (size_t)q * G4 * 32, dhr + q * 32);
+        pass_held(V + r0, q);
+      }
   });
   return ffi::Error::Success();
 }
@@ -476,6 +516,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmForwardHandler, LstmForward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // xs (T,B,D)
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid (T,B)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_x (D,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b (4H,)
@@ -495,6 +536,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmBackwardHandler, LstmBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // gates (T,B,4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cs (T,B,H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B,H)
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // valid (T,B)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ct_ys (T,B,H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ct_h (B,H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // ct_c (B,H)
