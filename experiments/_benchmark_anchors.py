@@ -19,7 +19,9 @@ benchmark can check that every anchor's loss and gradient equal lstmjax's before
   `torch_no_onednn` is the same module with oneDNN switched off, PyTorch's step-by-step path.
 
 A JAX anchor is a `JaxAnchor` (`convert`, a pure `loss(anchor_params, xs)`, `grads_to_lstmjax`):
-the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. PyTorch is a
+the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. lstmjax is
+one too (`lstmjax_anchor`), also with `lj.unroll` options, with its native CPU kernel switched off
+(`without_native_kernel`) or with full `lengths`: the benchmark's extra lstmjax rows. PyTorch is a
 `TorchAnchor` whose `prepare` returns the forward pass and the training step as closures.
 A library that is not installed (or fails to import) is reported by `unavailable()` with the reason.
 """
@@ -99,17 +101,39 @@ class JaxAnchor:
     grads_to_lstmjax: Callable[[Any, int], lj.LSTMParams]
 
 
-def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None) -> JaxAnchor:
+def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None, *, native: bool = True,
+                   full_lengths: bool = False) -> JaxAnchor:
     """lstmjax itself, through the public API only (`lj.lstm`, `lj.unroll`), so it measures whatever
-    `lj.unroll` does; `unroll_kwargs` are passed to `lj.unroll` (for example a remat option)."""
+    `lj.unroll` does; `unroll_kwargs` are passed to `lj.unroll` (for example a remat option).
+
+    `native=False` unrolls the cell `without_native_kernel`: the XLA path `lj.unroll` takes where its
+    native CPU kernel cannot run. `full_lengths=True` passes `lengths=jnp.full(batch, T)` (built inside
+    the loss, so under `jax.jit` it is a traced value like the lengths of a real batch): every sequence
+    is full, so the results are plain lstmjax's, through `lj.unroll`'s variable-length path."""
     unroll_kwargs = dict(unroll_kwargs or {})
 
     def loss(params: lj.LSTMParams, xs: jax.Array) -> jax.Array:
         cell = lj.lstm(params.w_h.shape[0])
-        _, ys = lj.unroll(cell, params, xs, **unroll_kwargs)
+        if not native:
+            cell = without_native_kernel(cell)
+        kwargs = dict(unroll_kwargs)
+        if full_lengths:
+            kwargs["lengths"] = jnp.full(xs.shape[1:-1], xs.shape[0], jnp.int32)
+        _, ys = lj.unroll(cell, params, xs, **kwargs)
         return loss_of_outputs(ys)
 
     return JaxAnchor("lstmjax", convert=lambda params: params, loss=loss, grads_to_lstmjax=lambda grads, _: grads)
+
+
+def without_native_kernel(cell: lj.Cell) -> lj.Cell:
+    """`cell` with its native CPU kernel switched off (`cell.fused.native = None`, which `lj.unroll`
+    checks before taking the kernel) and everything else kept, its XLA fast path included: the
+    program `lj.unroll` runs where the kernel cannot (as with `LSTMJAX_NATIVE=0`). `ValueError` if
+    the cell has no native kernel to switch off."""
+    fused = getattr(cell, "fused", None)
+    if getattr(fused, "native", None) is None:
+        raise ValueError("this cell has no native kernel (cell.fused.native) to switch off")
+    return cell._replace(fused=fused._replace(native=None))
 
 
 _FLAX_GATES = ("i", "f", "g", "o")

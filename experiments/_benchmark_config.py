@@ -11,6 +11,9 @@ from typing import Any, NamedTuple
 from experiments import _benchmark_anchors as anchors
 from experiments._config_checks import check_int
 
+LSTMJAX_VARIANTS = ("xla", "lengths")
+"""The extra lstmjax rows `--lstmjax-variants` chooses from (`experiments.benchmark.lstmjax_variants`)."""
+
 
 class Point(NamedTuple):
     """One grid point: batch size B, sequence length T, input size D, hidden units H."""
@@ -62,6 +65,9 @@ class BenchmarkConfig:
         memory_anchors: JAX libraries measured for memory besides lstmjax (flax, equinox, haiku), or none.
         remat_values: values v for lj.unroll(..., remat=v), as Python literals, if lj.unroll has a remat
             parameter; default: True.
+        lstmjax_variants: extra lstmjax rows, on both workloads: xla (the LSTM's native CPU kernel switched
+            off: lstmjax[xla]'s ratio is the kernel's speed-up) and lengths (lengths=full(B, T): the cost
+            of the variable-length path); or none.
         results_dir: root folder; the run is written to <results_dir>/benchmark/<run>/.
         run: name of the run's folder; default: the UTC time the run starts.
         overwrite: replace an existing run folder of the same name instead of refusing.
@@ -84,6 +90,7 @@ class BenchmarkConfig:
     memory_hidden_size: int = 128
     memory_anchors: tuple[str, ...] = ("flax", "equinox", "haiku")
     remat_values: tuple[str, ...] = ()
+    lstmjax_variants: tuple[str, ...] = LSTMJAX_VARIANTS
     results_dir: str = "results"
     run: str | None = None
     overwrite: bool = False
@@ -116,6 +123,12 @@ class BenchmarkConfig:
             raise ValueError(f"rtol must be a number in (0, 1), got {self.rtol!r}")
         for value in self.remat_values:
             parse_literal("remat_values", value)
+        variants = [v for v in self.lstmjax_variants if v != "none"]
+        unknown = [v for v in variants if v not in LSTMJAX_VARIANTS]
+        if unknown or (variants and len(variants) < len(self.lstmjax_variants)):
+            raise ValueError(
+                f"lstmjax_variants (--lstmjax-variants) must be among {', '.join(LSTMJAX_VARIANTS)}, or just none; "
+                f"got {unknown[0] if unknown else 'none'!r} in {' '.join(map(str, self.lstmjax_variants))!r}")
 
 
 def parse_literal(name: str, text: str) -> Any:

@@ -6,8 +6,6 @@ run would take minutes."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -29,11 +27,13 @@ def compiled_memory(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.Sh
     return out
 
 
-def run_memory(config: BenchmarkConfig, variants: dict[str, dict[str, Any]], libraries: dict, bar) -> dict:
+def run_memory(config: BenchmarkConfig, variants: dict[str, anchors.JaxAnchor], libraries: dict, bar) -> dict:
+    """`compiled_memory` at each of `config.memory_lengths` for lstmjax, then `variants` (lstmjax's extra
+    rows to measure, by row name), then `config.memory_anchors`; a failure other than lstmjax's is
+    recorded in `errors`, not raised. `bar` is updated once per length."""
     key = jax.random.PRNGKey(config.seed)
     params = lj.lstm(config.memory_hidden_size, init="pytorch").init(key, config.memory_input_size)
-    measured = {"lstmjax": anchors.lstmjax_anchor()}
-    measured.update({name: anchors.lstmjax_anchor(kwargs) for name, kwargs in variants.items()})
+    measured = {"lstmjax": anchors.lstmjax_anchor(), **variants}
     for name in config.memory_anchors:
         if name != "none" and anchors.unavailable(name) is None:
             measured[name] = anchors.JAX_ANCHORS[name]()

@@ -16,6 +16,10 @@ from experiments._results import read_json, save_figure_atomic
 
 COLORS = {"lstmjax": "tab:blue", "flax": "tab:orange", "equinox": "tab:green", "haiku": "tab:red",
           "torch": "tab:purple", "torch_no_onednn": "tab:pink"}
+VARIANT_HATCHES = ("//", "..", "xx", "\\\\", "++", "oo")
+"""Hatches of lstmjax's extra rows (`lstmjax[...]`) in times.png, in the order of metrics.json's libraries."""
+VARIANT_LINESTYLES = ("--", "-.", (0, (5, 2, 1, 2, 1, 2)), (0, (8, 3)))
+"""Line styles of lstmjax's extra rows in memory.png."""
 WORKLOAD_TITLES = {"forward": "forward: jitted loss of the outputs",
                    "train": "training step: loss and gradient w.r.t. the weights"}
 
@@ -34,6 +38,10 @@ DEFINITIONS = {
     "peak": "fastest jitted float32 matmul of the run (squares and each point's (B·T, D+H) @ (D+H, 4H)), GFLOP/s",
     "check_relative_differences": "per library: |loss - lstmjax's| / |lstmjax's| and, per gradient leaf "
                                   "(w_x, w_h, b, in lstmjax's layout), max|g - lstmjax's| / max|lstmjax's|",
+    "lstmjax_variants": "lstmjax's extra rows, checked against plain lstmjax like every library: "
+                        "lstmjax[remat=V] lj.unroll(..., remat=V) (train only); lstmjax[xla] the native CPU kernel "
+                        "switched off (cell.fused.native = None), its ratio is the kernel's speed-up; lstmjax[lengths] "
+                        "lj.unroll(..., lengths=jnp.full(B, T)), its ratio is the cost of the lengths path",
     "memory": "XLA compiled memory analysis of jax.jit(jax.value_and_grad(loss)) (never run): "
               "peak_bytes = temp + argument + output - alias bytes",
 }
@@ -70,6 +78,7 @@ def summary(metrics: Mapping) -> dict:
         "libraries": {name: lib["label"] for name, lib in metrics["libraries"].items() if lib["status"] == "ok"},
         "skipped": {name: lib["reason"] for name, lib in metrics["libraries"].items() if lib["status"] != "ok"},
         "errors": errors, "remat": metrics["remat"],
+        "variant_notes": {k: v for k, v in metrics.get("lstmjax_variants", {}).items() if k != "remat"},
         "rows": rows, "geomean_ratio_to_lstmjax": metrics["geomean_ratio_to_lstmjax"],
         "memory_shape": f"B={memory['batch_size']} D={memory['input_size']} H={memory['hidden_size']}",
         "memory_rows": memory_rows, "memory_errors": memory["errors"],
@@ -128,6 +137,7 @@ def table(s: Mapping) -> str:
             lines.append(name.ljust(28) + "".join(
                 (f"{by[(name, t)]:.1f}" if (name, t) in by else "-").rjust(14) for t in lengths))
     lines += ["", f"remat: {s['remat']}"]
+    lines += list(s.get("variant_notes", {}).values())
     for name, reason in s["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
     for point, errors in s["errors"].items():
@@ -147,6 +157,7 @@ def times_figure(metrics: Mapping) -> Figure:
     fig = Figure(figsize=(max(7.0, 2.6 * len(points)), 3.6 * len(workloads)), layout="constrained")
     axes = fig.subplots(len(workloads), 1, squeeze=False)[:, 0]
     width = 0.8 / max(1, len(names))
+    hatches = dict(zip([n for n in names if "[" in n], VARIANT_HATCHES * len(names)))
     for ax, workload in zip(axes, workloads):
         for j, name in enumerate(names):
             xs, ms, ratios = [], [], []
@@ -159,7 +170,7 @@ def times_figure(metrics: Mapping) -> Figure:
                 continue
             base = name.split("[")[0]
             bars = ax.bar(xs, ms, width, label=metrics["libraries"][name]["label"],
-                          color=COLORS.get(base, "tab:gray"), hatch="//" if "[" in name else None,
+                          color=COLORS.get(base, "tab:gray"), hatch=hatches.get(name),
                           edgecolor="white" if "[" in name else None)
             for bar, ratio in zip(bars, ratios):
                 ax.annotate(f"{ratio:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -187,11 +198,12 @@ def memory_figure(metrics: Mapping) -> Figure:
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.subplots()
     markers = iter("osD^vP*X" * 4)
+    styles = dict(zip([n for n in memory["rows"] if "[" in n], VARIANT_LINESTYLES * len(memory["rows"])))
     for name, row in memory["rows"].items():
         base = name.split("[")[0]
         ax.plot(row["lengths"], np.asarray(row["peak_bytes"]) / 2**20, marker=next(markers), alpha=0.8,
                 label=memory["labels"][name], color=COLORS.get(base, "tab:gray"),
-                linestyle="--" if "[" in name else "-")
+                linestyle=styles.get(name, "-"))
     ax.plot(memory["lengths"], np.asarray(memory["input_bytes"]) / 2**20, color="black", linestyle=":",
             label="the inputs xs alone")
     ys_mib = np.asarray(memory["lengths"], float) * memory["output_bytes_per_step"] / 2**20

@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark              # a few minutes on a 2-core CPU
     python -m experiments.benchmark --points 64x200x64x256 64x100x64x1024 --repeats 20
+    python -m experiments.benchmark --anchors torch --lstmjax-variants xla   # the native kernel's speed-up
     python -m experiments.benchmark --help
 
 At every grid point `BxTxDxH` (batch, sequence length, input size, hidden units) every library
@@ -20,9 +21,22 @@ path). `--tune-allocator` calls `lj.tune_cpu_allocator()` before anything runs; 
 every library in the process, and `metrics.json` records it with the `MALLOC_*` environment.
 
 lstmjax runs through its public API only (`lj.lstm`, `cell.init`, `lj.unroll`), so the numbers
-follow whatever `lj.unroll` does. If `lj.unroll` has a `remat` parameter, the training step is
-also timed (and its memory measured) with `remat=VALUE` for each of `--remat-values`
-(default: `True`), as extra rows `lstmjax[remat=VALUE]`.
+follow whatever `lj.unroll` does. Extra lstmjax rows (`lstmjax_variants`, each included only if the
+library offers it, read at run time), timed and checked like every other library:
+
+* `lstmjax[remat=VALUE]`, if `lj.unroll` has a `remat` parameter: `remat=VALUE` for each of
+  `--remat-values` (default: `True`), the training step only (memory measured too);
+* `lstmjax[xla]`: the same cell with its native CPU kernel switched off
+  (`cell._replace(fused=cell.fused._replace(native=None))`), so `lj.unroll` takes the XLA path
+  it takes wherever the kernel cannot run; its ratio to lstmjax is the kernel's speed-up (1 up
+  to noise at points below the kernel's smallest H, or where `lj.native_kernel_status()` says
+  this machine has no kernel: the run's notes say which). Both workloads, memory measured;
+* `lstmjax[lengths]`: `lj.unroll(cell, params, xs, lengths=jnp.full(B, T))`, built inside the
+  jitted loss (a traced value, as a real batch's lengths are): a variable-length batch whose
+  sequences are all full, so the work and results are plain lstmjax's and its ratio is the cost
+  of `lj.unroll`'s lengths path, whichever path that is. Both workloads, memory not measured.
+
+`--lstmjax-variants` chooses among `xla` and `lengths` (default both; `none` for neither).
 
 Correctness first: the first call of every library at every grid point (the call that
 compiles it, not timed with the others) returns its loss and, for `train`, its gradient, which
@@ -50,7 +64,7 @@ Memory: the training step's memory as the sequence grows (`--memory-lengths` at 
 `--memory-batch-size`, `--memory-input-size`, `--memory-hidden-size`), from XLA's compiled
 memory analysis (`jax.jit(step).lower(...).compile().memory_analysis()`: temporaries +
 arguments + outputs − aliased bytes). Nothing is run, so it is deterministic and costs only
-compilation. Measured for lstmjax (and its remat variants) and `--memory-anchors`.
+compilation. Measured for lstmjax, its `remat` and `xla` rows and `--memory-anchors`.
 
 Writes `config.json`, `metrics.json` (every timing, the checks, the machine), `summary.json` (the
 printed table) and `times.png`, `memory.png` (drawn from `metrics.json` alone by
@@ -99,16 +113,91 @@ def lstm_flops(point: Point, workload: str) -> float:
 # ---------------------------------------------------------------------------------------------- what to time
 
 
-def remat_variants(config: BenchmarkConfig) -> tuple[dict[str, dict[str, Any]], str]:
-    """`({row name: lj.unroll kwargs}, note)`: `{"lstmjax[remat=True]": {"remat": True}, ...}` if `lj.unroll`
-    has a `remat` parameter (checked at run time, so the benchmark follows the library), else `{}`."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """An extra lstmjax row: `lj.unroll` on `lj.lstm(H)` with the changes below, timed beside plain lstmjax
+    and checked against it like every other library (`anchors.lstmjax_anchor` builds it).
+
+    Attributes:
+        label: what the row runs, for the tables and plots.
+        workloads: the workloads it is timed on.
+        unroll_kwargs: keyword arguments of `lj.unroll` (a remat option).
+        native: `False`: the cell's native CPU kernel switched off (`anchors.without_native_kernel`).
+        full_lengths: pass `lengths=jnp.full(B, T)`: a variable-length batch whose sequences are all full.
+        memory: also measured by `run_memory` (training-step memory against the sequence length).
+    """
+
+    label: str
+    workloads: tuple[str, ...]
+    unroll_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    native: bool = True
+    full_lengths: bool = False
+    memory: bool = True
+
+    def anchor(self) -> anchors.JaxAnchor:
+        return anchors.lstmjax_anchor(self.unroll_kwargs, native=self.native, full_lengths=self.full_lengths)
+
+
+def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[str, str]]:
+    """Every extra lstmjax row, `({row name: Variant}, {kind: note})`, each kind read from the library at
+    run time, so the benchmark follows it (a kind the library does not offer is left out, with the note
+    saying why):
+
+    * `remat`: `lstmjax[remat=VALUE]` for each of `config.remat_values` (default `True`) other than
+      `lj.unroll`'s default, if it has a `remat` parameter; training step only, memory measured;
+    * `xla` (if in `config.lstmjax_variants`): `lstmjax[xla]`, the cell with its native CPU kernel
+      switched off, so `lstmjax[xla]`'s ratio to lstmjax is the kernel's speed-up; both workloads,
+      memory measured (what the kernel keeps for the backward pass against what XLA's scan keeps);
+    * `lengths` (if in `config.lstmjax_variants`): `lstmjax[lengths]`, `lengths=jnp.full(B, T)`: every
+      sequence full, so the same work and results as lstmjax, and its ratio is the cost of the lengths
+      path; both workloads, memory not measured (lstmjax's program plus a mask, of little interest).
+    """
     parameters = inspect.signature(lj.unroll).parameters
+    variants: dict[str, Variant] = {}
+    notes: dict[str, str] = {}
     if "remat" not in parameters:
-        return {}, "lj.unroll has no remat parameter: only plain lstmjax is measured"
-    values = [parse_literal("remat_values", v) for v in config.remat_values] or [True]
-    default = parameters["remat"].default
-    variants = {f"lstmjax[remat={value!r}]": {"remat": value} for value in values if value != default}
-    return variants, f"lj.unroll(..., remat=...) found (default {default!r}); measured with {values}"
+        notes["remat"] = "lj.unroll has no remat parameter: only plain lstmjax is measured"
+    else:
+        values = [parse_literal("remat_values", v) for v in config.remat_values] or [True]
+        default = parameters["remat"].default
+        for value in values:
+            if value != default:
+                variants[f"lstmjax[remat={value!r}]"] = Variant(
+                    f"lstmjax, lj.unroll(..., remat={value!r})", ("train",), {"remat": value})
+        notes["remat"] = f"lj.unroll(..., remat=...) found (default {default!r}); measured with {values}"
+
+    if "xla" in config.lstmjax_variants:
+        fused = getattr(lj.lstm(1), "fused", None)
+        if getattr(fused, "native", None) is None:
+            notes["xla"] = "lj.lstm's cell has no native kernel (cell.fused.native): lstmjax[xla] not measured"
+        else:
+            variants["lstmjax[xla]"] = Variant("lstmjax, lj.unroll without its native kernel (XLA)", WORKLOADS,
+                                               native=False)
+            notes["xla"] = "lstmjax[xla]: lj.lstm(H) with cell.fused.native = None; its ratio is the native kernel's " \
+                           "speed-up; " + _native_kernel_note(config, fused)
+    if "lengths" in config.lstmjax_variants:
+        if "lengths" not in parameters:
+            notes["lengths"] = "lj.unroll has no lengths parameter: lstmjax[lengths] not measured"
+        else:
+            variants["lstmjax[lengths]"] = Variant("lstmjax, lj.unroll(..., lengths=full(B, T))", WORKLOADS,
+                                                   full_lengths=True, memory=False)
+            notes["lengths"] = "lstmjax[lengths]: lj.unroll(..., lengths=jnp.full(B, T)) inside the jitted loss, " \
+                               "every sequence full (lstmjax's results); its ratio is the cost of the lengths path"
+    return variants, notes
+
+
+def _native_kernel_note(config: BenchmarkConfig, fused: Any) -> str:
+    """Where the native kernel could run in this run: it starts at `fused.native_min_hidden_size` (below
+    it both rows run the same program), and `lj.native_kernel_status()` says whether this machine has it
+    (asked only if some grid point is large enough, as that may build the kernel)."""
+    threshold = getattr(fused, "native_min_hidden_size", 1)
+    large_enough = [p for p in config.points if parse_point(p).hidden_size >= threshold]
+    if not large_enough:
+        return f"no grid point has H >= {threshold}, where the kernel starts: both rows run the same program"
+    status = lj.native_kernel_status()
+    if not status.available:
+        return f"the kernel is not available here ({status.reason}): both rows run the same program"
+    return f"kernel available (from H = {threshold}): {status.reason}"
 
 
 def make_inputs(point: Point, seed: int) -> tuple[lj.LSTMParams, jax.Array]:
@@ -240,10 +329,9 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     for name in config.anchors:
         reason = anchors.unavailable(name)
         libraries[name] = {"label": anchors.LABELS[name], "status": "skipped" if reason else "ok", "reason": reason}
-    variants, remat_note = remat_variants(config)
-    for name, kwargs in variants.items():
-        libraries[name] = {"label": f"lstmjax, lj.unroll(..., {', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
-                           "status": "ok", "workloads": ["train"]}
+    variants, variant_notes = lstmjax_variants(config)
+    for name, variant in variants.items():
+        libraries[name] = {"label": variant.label, "status": "ok", "workloads": list(variant.workloads)}
     runnable = [n for n, lib in libraries.items() if lib["status"] == "ok"]
 
     show = config.progress and sys.stderr.isatty()
@@ -256,7 +344,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
         for point in points:
             results.append(_run_point(point, config, libraries, runnable, variants, threads))
             bar.update()
-        memory = run_memory(config, variants, libraries, bar)
+        memory = run_memory(config, {name: v.anchor() for name, v in variants.items() if v.memory}, libraries, bar)
 
     geomean = {}
     for workload in WORKLOADS:
@@ -270,7 +358,8 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
                     "tune_cpu_allocator": {"requested": config.tune_allocator, "applied": bool(allocator_tuned)}},
         "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
         "libraries": libraries,
-        "remat": remat_note,
+        "remat": variant_notes["remat"],
+        "lstmjax_variants": variant_notes,
         "workloads": list(WORKLOADS),
         "warmup": config.warmup, "repeats": config.repeats, "pause_ms": config.pause_ms, "rtol": config.rtol,
         "peak": {"matmuls": peak, "gflops_per_second": max(m["gflops_per_second"] for m in peak)},
@@ -282,15 +371,17 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
 
 
 def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable: list[str],
-               variants: dict[str, dict[str, Any]], threads: int) -> dict[str, Any]:
+               variants: dict[str, Variant], threads: int) -> dict[str, Any]:
     params, xs = make_inputs(point, config.seed)
     runners: dict[str, Runner] = {}
     errors: dict[str, str] = {}
     for name in runnable:
         workloads = libraries[name].get("workloads", WORKLOADS)
         try:
-            if name == "lstmjax" or name in variants:
-                runners[name] = jax_runner(anchors.lstmjax_anchor(variants.get(name)), params, xs, workloads)
+            if name == "lstmjax":
+                runners[name] = jax_runner(anchors.lstmjax_anchor(), params, xs, workloads)
+            elif name in variants:
+                runners[name] = jax_runner(variants[name].anchor(), params, xs, workloads)
             elif name in anchors.TORCH_ANCHORS:
                 runners[name] = torch_runner(params, xs, threads, workloads, anchors.TORCH_ANCHORS[name])
             else:

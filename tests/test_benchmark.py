@@ -168,14 +168,21 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
         for name, differences in point["check_relative_differences"][workload].items():
             assert max(differences.values()) <= 1e-4, name
         assert point["flops"][workload] == bm.lstm_flops(bm.Point(2, 5, 3, 4), workload)
-    checked = {n for n in point["check_relative_differences"]["train"] if "[" not in n}  # "[": lstmjax's remat rows
+    checked = {n for n in point["check_relative_differences"]["train"] if "[" not in n}  # "[": lstmjax's own rows
     assert checked == set(available) - {"lstmjax"}
+    for workload in ("forward", "train"):  # the extra lstmjax rows are timed and checked on both workloads
+        assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["check_relative_differences"][workload])
+        assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["median_seconds"][workload])
+    assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]", "lstmjax[xla]"}
+    assert set(metrics["lstmjax_variants"]) == {"remat", "xla", "lengths"}
     assert metrics["peak"]["gflops_per_second"] > 0
     lstmjax_memory = metrics["memory"]["rows"]["lstmjax"]
     assert lstmjax_memory["lengths"] == [10, 100]
     assert lstmjax_memory["peak_bytes"][1] > lstmjax_memory["peak_bytes"][0] > 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert {r["library"] for r in summary["rows"]} >= set(available)
+    assert {r["library"] for r in summary["rows"]} >= set(available) | {"lstmjax[xla]", "lstmjax[lengths]"}
+    assert "\nlstmjax[xla]: lj.lstm(H) with cell.fused.native = None" in printed
+    assert "\nlstmjax[lengths]: lj.unroll(..., lengths=jnp.full(B, T))" in printed
     assert "geometric mean of ratios" in printed and "Training-step memory" in printed
     for name in skipped:
         assert f"skipped {name}" in printed
@@ -199,7 +206,8 @@ def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
     monkeypatch.setattr(lj, "unroll", unroll_with_remat)
     assert "remat" in inspect.signature(lj.unroll).parameters
     config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=(), warmup=1, repeats=1, peak_sizes=(8,),
-                                memory_lengths=(10,), memory_anchors=("none",), progress=False)
+                                memory_lengths=(10,), memory_anchors=("none",), lstmjax_variants=("none",),
+                                progress=False)
     metrics = bm.run_benchmark(config)
     assert True in seen
     (point,) = metrics["points"]
@@ -208,11 +216,103 @@ def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
     assert point["check_relative_differences"]["train"]["lstmjax[remat=True]"]["loss"] <= 1e-6
     assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]"}
     monkeypatch.setattr(lj, "unroll", lambda cell, params, xs: original(cell, params, xs))
-    variants, note = bm.remat_variants(config)
-    assert variants == {} and "no remat parameter" in note
+    variants, notes = bm.lstmjax_variants(dataclasses.replace(config, lstmjax_variants=("xla", "lengths")))
+    assert set(variants) == {"lstmjax[xla]"}  # nor a lengths parameter: lstmjax[lengths] is left out too
+    assert "no remat parameter" in notes["remat"] and "no lengths parameter" in notes["lengths"]
     monkeypatch.setattr(lj, "unroll", unroll_with_remat)
-    variants, _ = bm.remat_variants(dataclasses.replace(config, remat_values=("False", "16", "True")))
-    assert variants == {"lstmjax[remat=16]": {"remat": 16}, "lstmjax[remat=True]": {"remat": True}}
+    variants, _ = bm.lstmjax_variants(dataclasses.replace(config, remat_values=("False", "16", "True"),
+                                                          lstmjax_variants=("none",)))
+    assert variants == {"lstmjax[remat=16]": bm.Variant("lstmjax, lj.unroll(..., remat=16)", ("train",), {"remat": 16}),
+                        "lstmjax[remat=True]": bm.Variant("lstmjax, lj.unroll(..., remat=True)", ("train",),
+                                                          {"remat": True})}
+
+
+def test_the_lstmjax_variants_and_what_they_run(monkeypatch):
+    """`lstmjax_variants` builds every extra lstmjax row, `--lstmjax-variants` choosing the xla and lengths
+    ones; the xla row's cell has no native kernel, the lengths row passes full lengths, and nothing else
+    changes (spied on through `lj.unroll`, the only way the benchmark reaches lstmjax)."""
+    config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=(), progress=False)
+    variants, notes = bm.lstmjax_variants(config)
+    assert list(variants) == ["lstmjax[remat=True]", "lstmjax[xla]", "lstmjax[lengths]"]
+    assert variants["lstmjax[xla]"] == bm.Variant("lstmjax, lj.unroll without its native kernel (XLA)",
+                                                  bm.WORKLOADS, native=False)
+    assert variants["lstmjax[lengths]"] == bm.Variant("lstmjax, lj.unroll(..., lengths=full(B, T))", bm.WORKLOADS,
+                                                      full_lengths=True, memory=False)
+    assert f"no grid point has H >= {lj.lstm(1).fused.native_min_hidden_size}," in notes["xla"]
+    assert "cost of the lengths path" in notes["lengths"]
+    for chosen, names in [(("xla",), {"lstmjax[xla]"}), (("lengths",), {"lstmjax[lengths]"}), (("none",), set())]:
+        chosen_variants, chosen_notes = bm.lstmjax_variants(dataclasses.replace(config, lstmjax_variants=chosen))
+        assert set(chosen_variants) - {"lstmjax[remat=True]"} == names
+        assert set(chosen_notes) == {"remat"} | {n[len("lstmjax["):-1] for n in names}
+
+    calls = []
+    original = lj.unroll
+
+    def spy(cell, params, xs, **kwargs):
+        calls.append((cell.fused.native, kwargs))
+        return original(cell, params, xs, **kwargs)
+
+    monkeypatch.setattr(lj, "unroll", spy)
+    params, xs = bm.make_inputs(POINT, seed=6)
+    for name in ("lstmjax[xla]", "lstmjax[lengths]"):
+        np.testing.assert_allclose(variants[name].anchor().loss(params, xs), anchors.lstmjax_anchor().loss(params, xs),
+                                   rtol=1e-6)
+    (xla_native, xla_kwargs), plain, (lengths_native, lengths_kwargs), _ = calls
+    assert xla_native is None and xla_kwargs == {}
+    assert plain[0] is not None and plain[1] == {} and lengths_native is not None
+    assert list(lengths_kwargs) == ["lengths"] and lengths_kwargs["lengths"].dtype == jnp.int32
+    np.testing.assert_array_equal(lengths_kwargs["lengths"], np.full(POINT.batch_size, POINT.length))
+    with pytest.raises(ValueError, match="no native kernel"):
+        anchors.without_native_kernel(lj.rnn(4))
+
+
+def test_the_xla_row_runs_without_the_kernel():
+    """Where the native kernel runs (H >= 32, this machine has it), plain lstmjax's training step calls it
+    and lstmjax[xla]'s does not: the row's ratio is the kernel's speed-up."""
+    if not lj.native_kernel_status().available:
+        pytest.skip(f"no native kernel here: {lj.native_kernel_status().reason}")
+    params, xs = bm.make_inputs(bm.Point(2, 3, 4, 32), seed=7)
+
+    def lowered(anchor):
+        return jax.jit(jax.value_and_grad(anchor.loss)).lower(params, xs).as_text()
+
+    assert "custom_call" in lowered(anchors.lstmjax_anchor())
+    assert "custom_call" not in lowered(anchors.lstmjax_anchor(native=False))
+
+
+def test_the_variant_rows_are_checked_like_every_library(monkeypatch):
+    """A lengths row one step short (not lstmjax's computation) stops the run before anything is timed."""
+    honest = anchors.lstmjax_anchor
+
+    def one_step_short(unroll_kwargs=None, *, native=True, full_lengths=False):
+        anchor = honest(unroll_kwargs, native=native)
+        if not full_lengths:
+            return anchor
+
+        def loss(params, xs):
+            lengths = jnp.full(xs.shape[1:-1], xs.shape[0] - 1)
+            return anchors.loss_of_outputs(lj.unroll(lj.lstm(params.w_h.shape[0]), params, xs, lengths=lengths)[1])
+
+        return dataclasses.replace(anchor, loss=loss)
+
+    monkeypatch.setattr(anchors, "lstmjax_anchor", one_step_short)
+    config = bm.BenchmarkConfig(points=("3x7x4x5",), anchors=(), warmup=1, repeats=1, peak_sizes=(8,),
+                                memory_lengths=(5,), memory_anchors=("none",), lstmjax_variants=("lengths",),
+                                progress=False)
+    with pytest.raises(bm.AnchorMismatchError, match=r"lstmjax\[lengths\] at B=3 T=7 D=4 H=5 \(forward\)"):
+        bm.run_benchmark(config)
+
+
+def test_a_bad_lstmjax_variant_is_named_with_the_choices(capsys):
+    for argv, bad in ((["--lstmjax-variants", "xla", "jit"], "'jit'"),
+                      (["--lstmjax-variants", "none", "xla"], "'none'")):
+        with pytest.raises(SystemExit) as error:
+            parse_config(bm.BenchmarkConfig, argv)
+        assert error.value.code == 2
+        message = capsys.readouterr().err
+        assert "lstmjax_variants (--lstmjax-variants) must be among xla, lengths, or just none; got " + bad in message
+    assert parse_config(bm.BenchmarkConfig, ["--lstmjax-variants", "none"]).lstmjax_variants == ("none",)
+    assert parse_config(bm.BenchmarkConfig, []).lstmjax_variants == ("xla", "lengths")
 
 
 def test_flops_points_and_bad_configs():
@@ -222,7 +322,7 @@ def test_flops_points_and_bad_configs():
     assert bm.lstm_flops(point, "train") == 3 * bm.lstm_flops(point, "forward")
     for argv in (["--points", "32x100x32"], ["--points", "0x1x1x1"], ["--anchors", "jax"], ["--repeats", "0"],
                  ["--rtol", "0"], ["--memory-anchors", "torch"], ["--memory-anchors", "none", "flax"],
-                 ["--remat-values", "not a literal"], ["--pause-ms", "-1"]):
+                 ["--remat-values", "not a literal"], ["--pause-ms", "-1"], ["--lstmjax-variants", "remat"]):
         with pytest.raises(SystemExit) as error:
             parse_config(bm.BenchmarkConfig, argv)
         assert error.value.code == 2, argv
@@ -240,7 +340,8 @@ def test_missing_and_broken_libraries_are_reported_not_fatal(monkeypatch, tmp_pa
 
     monkeypatch.setitem(anchors.JAX_ANCHORS, "flax", broken)
     config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=("haiku", "flax"), warmup=1, repeats=1,
-                                peak_sizes=(8,), memory_lengths=(10,), memory_anchors=("haiku",), progress=False)
+                                peak_sizes=(8,), memory_lengths=(10,), memory_anchors=("haiku",),
+                                lstmjax_variants=("none",), progress=False)
     metrics = bm.run_benchmark(config)
     assert metrics["libraries"]["haiku"] == {"label": anchors.LABELS["haiku"], "status": "skipped",
                                              "reason": "import failed: ImportError: test"}
