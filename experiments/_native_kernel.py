@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import lstmjax as lj
-from lstmjax._native_build import SOURCE, cpu_flags
+from lstmjax._native_build import HEADERS, cpu_flags
 
 SOURCES = (pathlib.Path(__file__).with_name("native") / "lstm_train_step.cpp",
            pathlib.Path(__file__).with_name("native") / "lstm_ffi.cc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-SIMD_HEADERS = SOURCE.parent  # lstm_simd.h, shared with lstmjax's own kernel
+SIMD_HEADERS = HEADERS[0].parent  # lstm_simd.h, shared with lstmjax's own kernel
 
 
 def unavailable(compiler: str = "g++") -> str | None:

@@ -1,19 +1,19 @@
-"""Building and loading the native CPU kernel of the LSTM fast path (`native/lstm_cpu.cc`).
+"""Building and loading the native CPU kernels of `lj.unroll` (`native/*.cc`, one library).
 
 The kernel is C++ with AVX-512 intrinsics, called by XLA as an FFI custom call on XLA's own threads. It is
 compiled on first use, not at install time, because it is built for the machine it runs on
 (`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
 
-    $CXX -O3 -march=native -shared -fPIC -std=c++17 -I<jax ffi headers> lstm_cpu.cc
+    $CXX -O3 -march=native -shared -fPIC -std=c++17 -I<jax ffi headers> <SOURCES>
 
-(`$CXX` defaults to `g++`; the source includes `native/lstm_simd.h`). The library is cached in
+(`$CXX` defaults to `g++`; the sources include the `HEADERS` beside them). The library is cached in
 `$LSTMJAX_CACHE_DIR`, else `$XDG_CACHE_HOME/lstmjax`, else `~/.cache/lstmjax`, under a name that
-hashes the source, the
-compiler's version, the flags, jax's and jaxlib's versions and the CPU's model and flags, so a new
-jax, compiler or machine builds afresh. The file is written under a temporary name, flushed to
-disk and renamed into place, so an interrupted or concurrent build never leaves a partial library
-under the final name; and its name carries a hash of its bytes, checked before a process loads it, so
-a file damaged later is rebuilt (and renamed over it) rather than loaded.
+hashes the sources and headers, the compiler's version, the flags, jax's and jaxlib's versions and
+the CPU's model and flags, so a new jax, compiler or machine builds afresh. The file is written
+under a temporary name, flushed to disk and renamed into place, so an interrupted or concurrent
+build never leaves a partial library under the final name; and its name carries a hash of its bytes,
+checked before a process loads it, so a file damaged later is rebuilt (and renamed over it) rather
+than loaded.
 
 Where the kernel cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
 or `LSTMJAX_NATIVE=0` in the environment, read once per process, when `native_kernel_status()` is
@@ -40,8 +40,9 @@ from typing import NamedTuple
 import jax
 import jaxlib
 
-SOURCE = pathlib.Path(__file__).with_name("native") / "lstm_cpu.cc"
-HEADER = SOURCE.with_name("lstm_simd.h")  # included by SOURCE
+_FOLDER = pathlib.Path(__file__).with_name("native")
+SOURCES = (_FOLDER / "lstm_cpu.cc",)  # compiled together into one library
+HEADERS = (_FOLDER / "lstm_simd.h", _FOLDER / "ffi_support.h")  # included by the sources
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward"}
 HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler"}
@@ -92,7 +93,7 @@ def _load() -> NativeStatus:
         warnings.warn(f"lstmjax: {message}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, message)
     _library = library
-    return NativeStatus(True, f"built from {SOURCE.name} into {path}")
+    return NativeStatus(True, f"built from {', '.join(source.name for source in SOURCES)} into {path}")
 
 
 def _unsupported_reason() -> str | None:
@@ -105,7 +106,7 @@ def _unsupported_reason() -> str | None:
         return "the CPU has no AVX-512F"
     if shutil.which(_compiler()[0]) is None:
         return f"no C++ compiler {_compiler()[0]!r} on PATH (set CXX to use another)"
-    for source in (SOURCE, HEADER):
+    for source in (*SOURCES, *HEADERS):
         if not source.is_file():
             return f"the kernel's source {source} is missing from the installation"
     return None
@@ -142,8 +143,8 @@ def _built_library() -> pathlib.Path:
     compiler = _compiler()
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, check=True,
                              timeout=60).stdout
-    inputs = [SOURCE.read_text(), HEADER.read_text(), version, " ".join(FLAGS), jax.__version__, jaxlib.__version__,
-              _cpu_field("model name"), _cpu_field("flags")]
+    inputs = [*(f.read_text() for f in (*SOURCES, *HEADERS)), version, " ".join(FLAGS), jax.__version__,
+              jaxlib.__version__, _cpu_field("model name"), _cpu_field("flags")]
     key = hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]
     folder = _cache_dir()
     for existing in sorted(folder.glob(f"lstm_cpu-{key}-*.so")):
@@ -155,7 +156,7 @@ def _built_library() -> pathlib.Path:
     handle, partial = tempfile.mkstemp(prefix=f".lstm_cpu-{key}.", suffix=".partial", dir=folder)
     os.close(handle)
     try:
-        command = [*compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, str(SOURCE)]
+        command = [*compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, *map(str, SOURCES)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise OSError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 // lstmjax/native/lstm_cpu.cc -- hand-fused single-layer LSTM recurrences for the CPU (AVX-512, on
 // XLA's own thread pool), exposed as two XLA FFI handlers so that jax.jit can call them as custom
-// calls (`jax.ffi.ffi_call`). Self-contained: build with
+// calls (`jax.ffi.ffi_call`). Build (with ffi_support.h and lstm_simd.h beside it):
 //   g++ -O3 -march=native -shared -fPIC -std=c++17 -I<jax.ffi.include_dir()> -o liblstm.so lstm_cpu.cc
 // Requires AVX-512F (the caller checks the CPU before loading the library).
 //
@@ -76,19 +76,11 @@
 // (the caller's MXCSR is left alone).
 #include <immintrin.h>
 
-#include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <functional>
-#include <memory>
-#include <mutex>
-
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <climits>
 #include <string>
 
+#include "ffi_support.h"
 #include "lstm_simd.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -98,146 +90,9 @@ namespace {
 
 constexpr int kFwdMR = 8;  // forward micro-kernel rows (x 2 zmm = 32 columns)
 constexpr int kBwdMR = 8;  // backward recurrent micro-kernel rows (x 2 zmm = 32 columns)
-constexpr int kMaxThreads = 256;
 
-using namespace lstm_simd;  // exp512, sigm512, tanh512, ukr (lstm_simd.h)
-
-// ---------------------------------------------------------------- helpers
-struct Workspace {  // one aligned allocation per call, freed on scope exit
-  float* p = nullptr;
-  explicit Workspace(size_t nfloats) {
-    size_t bytes = (nfloats * sizeof(float) + 63) / 64 * 64;
-    p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  }
-  ~Workspace() { std::free(p); }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-};
-inline size_t round16(size_t n) { return (n + 15) / 16 * 16; }  // keep sub-arrays 64-byte aligned
-
-template <typename Dims>
-std::string shape_str(const Dims& d) {
-  std::string s = "(";
-  for (size_t i = 0; i < d.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(d[i]);
-  }
-  if (d.size() == 1) s += ",";
-  return s + ")";
-}
-
-// Checks that buffer `name` has shape `want` (entries < 0 are not checked); `what` spells the
-// required shape symbolically, e.g. "(T, B, H)".
-template <typename Buf>
-ffi::Error check_shape(const char* fn, const char* name, const Buf& buf, std::initializer_list<int64_t> want,
-                       const char* what, const char* note = "") {
-  auto d = buf.dimensions();
-  bool ok = d.size() == want.size();
-  if (ok) {
-    size_t k = 0;
-    for (int64_t w : want) {
-      if (w >= 0 && d[k] != w) ok = false;
-      ++k;
-    }
-  }
-  if (ok) return ffi::Error::Success();
-  std::string req = "(";
-  size_t k = 0;
-  for (int64_t w : want) {
-    if (k) req += ", ";
-    req += std::to_string(w);
-    ++k;
-  }
-  if (want.size() == 1) req += ",";
-  req += ")";
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                    std::string(fn) + ": " + name + " has shape " + shape_str(d) + " but must be " + what + " = " +
-                        req + note);
-}
-
-ffi::Error check_dims(const char* fn, int64_t T, int64_t B, int64_t D, int64_t H, const char* t_src,
-                      const char* b_src, const char* d_src, const char* h_src) {
-  auto bad = [&](const std::string& m) { return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": " + m); };
-  if (T < 1) return bad("T = " + std::to_string(T) + " (" + t_src + ") must be >= 1");
-  if (B < 4 || B % 4)
-    return bad("B = " + std::to_string(B) + " (" + b_src + ") must be >= 4 and a multiple of 4");
-  if (D < 1) return bad("D = " + std::to_string(D) + " (" + d_src + ") must be >= 1");
-  if (H < 32 || H % 32)
-    return bad("H = " + std::to_string(H) + " (" + h_src + ") must be >= 32 and a multiple of 32");
-  if (T > INT_MAX || B > INT_MAX || D > INT_MAX || 4 * H > INT_MAX)
-    return bad("dimensions T = " + std::to_string(T) + ", B = " + std::to_string(B) + ", D = " + std::to_string(D) +
-               ", 4H = " + std::to_string(4 * H) + " must each be < 2^31");
-  return ffi::Error::Success();
-}
-
-// Checks that buffer `name` has rank `rank`; `what` spells the required shape, e.g. "(T, B, D)".
-template <typename Buf>
-ffi::Error check_rank(const char* fn, const char* name, const Buf& buf, size_t rank, const char* what) {
-  if (buf.dimensions().size() == rank) return ffi::Error::Success();
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": " + name + " has shape " +
-                                                          shape_str(buf.dimensions()) + " but must be rank " +
-                                                          std::to_string(rank) + ", " + what);
-}
-
-ffi::Error check_threads(const char* fn, int32_t threads) {
-  if (threads < 1 || threads > kMaxThreads)
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(fn) + ": attribute threads = " +
-                                                            std::to_string(threads) + " must be in [1, " +
-                                                            std::to_string(kMaxThreads) + "]");
-  return ffi::Error::Success();
-}
-
-#define LSTM_RETURN_IF_ERROR(expr)      \
-  do {                                  \
-    ffi::Error e_ = (expr);             \
-    if (e_.failure()) return e_;        \
-  } while (0)
-
-// ---------------------------------------------------------------- threads
-// body(0 .. n-1), shared out over XLA's own intra-op thread pool (no threads of our own, so nothing
-// spins against XLA or against another library's OpenMP). The calling thread takes items too and
-// items are handed out by an atomic counter, so the call finishes even when every pool thread is
-// busy (for instance running another of these calls): it never waits for a task that has not
-// started. A task that starts after all items are taken returns at once without touching `body`.
-struct ParallelState {
-  std::atomic<int> next{0};
-  std::atomic<int> remaining{0};
-  int n = 0;
-  std::function<void(int)> body;
-  std::mutex mu;
-  std::condition_variable cv;
-};
-
-inline void parallel_for(ffi::ThreadPool& pool, int workers, int n, const std::function<void(int)>& body) {
-  if (n <= 0) return;
-  if (workers <= 1 || n == 1) {
-    for (int i = 0; i < n; ++i) body(i);
-    return;
-  }
-  auto state = std::make_shared<ParallelState>();
-  state->n = n;
-  state->remaining.store(n);
-  state->body = body;
-  auto work = [state]() {
-    for (int i; (i = state->next.fetch_add(1)) < state->n;) {
-      state->body(i);
-      if (state->remaining.fetch_sub(1) == 1) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  for (int w = 1; w < std::min(workers, n); ++w) pool.Schedule(std::function<void()>(work));
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->remaining.load() == 0; });
-}
-
-// Workers for a call: at most `threads` (the caller's cap), at most the pool's size, at least 1.
-inline int workers_for(ffi::ThreadPool& pool, int32_t threads) {
-  const int64_t pool_size = pool.num_threads();
-  return (int)std::max<int64_t>(1, std::min<int64_t>(threads, pool_size > 0 ? pool_size : 1));
-}
+using namespace lstm_simd;        // exp512, sigm512, tanh512, ukr (lstm_simd.h)
+using namespace native_support;  // Workspace, check_*, parallel_for (ffi_support.h)
 
 // ---------------------------------------------------------------- forward
 // One row block of MR rows at step t, hidden-unit panel p: pre-activations of the panel's 64
@@ -283,29 +138,29 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
                        ffi::ResultBuffer<ffi::F32> c_last, ffi::ResultBuffer<ffi::F32> gates,
                        ffi::ResultBuffer<ffi::F32> cs_out) {
   constexpr const char* fn = "LstmForward";
-  LSTM_RETURN_IF_ERROR(check_rank(fn, "xs", xs, 3, "(T, B, D)"));
-  LSTM_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_rank(fn, "xs", xs, 3, "(T, B, D)"));
+  NATIVE_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
   const int64_t T64 = xs.dimensions()[0], B64 = xs.dimensions()[1], D64 = xs.dimensions()[2],
                 H64 = wh.dimensions()[0];
-  LSTM_RETURN_IF_ERROR(check_dims(fn, T64, B64, D64, H64, "xs.shape[0]", "xs.shape[1]", "xs.shape[2]", "w_h.shape[0]"));
-  LSTM_RETURN_IF_ERROR(check_threads(fn, threads));
+  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, D64, H64, 4, "xs.shape[0]", "xs.shape[1]", "xs.shape[2]", "w_h.shape[0]"));
+  NATIVE_RETURN_IF_ERROR(check_threads(fn, threads));
   if (save != 0 && save != 1)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
                       std::string(fn) + ": attribute save = " + std::to_string(save) + " must be 0 or 1");
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "w_x", wx, {D64, 4 * H64}, "(D, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 4 * H64}, "(H, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "b", bias, {4 * H64}, "(4H,)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "h0", h0, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "c0", c0, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "result ys", *ys, {T64, B64, H64}, "(T, B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "result c_last", *c_last, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "w_x", wx, {D64, 4 * H64}, "(D, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 4 * H64}, "(H, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "b", bias, {4 * H64}, "(4H,)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "h0", h0, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "c0", c0, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "result ys", *ys, {T64, B64, H64}, "(T, B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "result c_last", *c_last, {B64, H64}, "(B, H)"));
   if (save) {
-    LSTM_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {T64, B64, 4 * H64}, "(T, B, 4H)", " with save=1"));
-    LSTM_RETURN_IF_ERROR(check_shape(fn, "result cs", *cs_out, {T64, B64, H64}, "(T, B, H)", " with save=1"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {T64, B64, 4 * H64}, "(T, B, 4H)", " with save=1"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result cs", *cs_out, {T64, B64, H64}, "(T, B, H)", " with save=1"));
   } else {
-    LSTM_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {0}, "empty", " with save=0"));
-    LSTM_RETURN_IF_ERROR(check_shape(fn, "result cs", *cs_out, {0}, "empty", " with save=0"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {0}, "empty", " with save=0"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result cs", *cs_out, {0}, "empty", " with save=0"));
   }
   const int T = (int)T64, B = (int)B64, D = (int)D64, H = (int)H64;
   const int G4 = 4 * H, KX = D + H, NP = H / 16;
@@ -388,22 +243,22 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
                         ffi::Buffer<ffi::F32> ct_c, int32_t threads, ffi::ResultBuffer<ffi::F32> dz,
                         ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
   constexpr const char* fn = "LstmBackward";
-  LSTM_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_rank(fn, "cs", cs_in, 3, "(T, B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_rank(fn, "cs", cs_in, 3, "(T, B, H)"));
   const int64_t T64 = cs_in.dimensions()[0], B64 = cs_in.dimensions()[1], H64 = wh.dimensions()[0];
-  LSTM_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, "cs.shape[0]", "cs.shape[1]", "unused", "w_h.shape[0]"));
-  LSTM_RETURN_IF_ERROR(check_threads(fn, threads));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 4 * H64}, "(H, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "gates", gates, {T64, B64, 4 * H64}, "(T, B, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "cs", cs_in, {T64, B64, H64}, "(T, B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "c0", c0, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_ys", ct_ys, {T64, B64, H64}, "(T, B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_h", ct_h, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "ct_c", ct_c, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "result dz", *dz, {T64, B64, 4 * H64}, "(T, B, 4H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "result dh0", *dh0, {B64, H64}, "(B, H)"));
-  LSTM_RETURN_IF_ERROR(check_shape(fn, "result dc0", *dc0, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, 4, "cs.shape[0]", "cs.shape[1]", "unused", "w_h.shape[0]"));
+  NATIVE_RETURN_IF_ERROR(check_threads(fn, threads));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 4 * H64}, "(H, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "gates", gates, {T64, B64, 4 * H64}, "(T, B, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "cs", cs_in, {T64, B64, H64}, "(T, B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "c0", c0, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "ct_ys", ct_ys, {T64, B64, H64}, "(T, B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "ct_h", ct_h, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "ct_c", ct_c, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dz", *dz, {T64, B64, 4 * H64}, "(T, B, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dh0", *dh0, {B64, H64}, "(B, H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dc0", *dc0, {B64, H64}, "(B, H)"));
   const int T = (int)T64, B = (int)B64, H = (int)H64, G4 = 4 * H, NQ = H / 32;
 
   // workspace: w_h^T packed into NQ panels of (4H x 32): Wt[q][k][c] = w_h[q*32 + c][k]; then
