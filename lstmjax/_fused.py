@@ -82,12 +82,15 @@ class FusedRecurrence(NamedTuple):
             `native_min_hidden_size` up, without `resets`, where `lstmjax._native.can_run_natively`
             says it can be (with `remat`, once per checkpointed chunk).
         native_min_hidden_size: see `native`.
+
+    A family with a native path only (no XLA fast path: `fused_unroll` was not faster for it)
+    leaves `weights`, `forward`, `tangent` and `hidden` at `None`.
     """
 
-    weights: Callable[[Any], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]]
-    forward: Callable[[jax.Array, jax.Array, Any], tuple[Any, Any]]
-    tangent: Callable[[Any, jax.Array, jax.Array, Any], Any]
-    hidden: Callable[[Any], jax.Array]
+    weights: Callable[[Any], tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]] | None = None
+    forward: Callable[[jax.Array, jax.Array, Any], tuple[Any, Any]] | None = None
+    tangent: Callable[[Any, jax.Array, jax.Array, Any], Any] | None = None
+    hidden: Callable[[Any], jax.Array] | None = None
     additive: bool = False
     min_hidden_size: int = 1
     native: Callable[[Any, jax.Array, Any, bool, jax.Array | None], tuple[Any, jax.Array]] | None = None

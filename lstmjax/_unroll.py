@@ -145,7 +145,7 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
     native = (fused.native if fused is not None and fused.native is not None
               and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)
               else None)
-    if fused is not None and cell.hidden_size < fused.min_hidden_size:
+    if fused is not None and (fused.forward is None or cell.hidden_size < fused.min_hidden_size):
         fused = None
 
     def run(carry, inputs):
