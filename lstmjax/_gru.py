@@ -21,7 +21,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
+from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._native_gru import MIN_HIDDEN_SIZE as NATIVE_MIN_HIDDEN_SIZE
+from lstmjax._native_gru import native_unroll
 from lstmjax._products import recurrent_product
 
 
@@ -83,6 +86,11 @@ def gru_step_with_internals(
     return h, h, GRUInternals(r=r, z=z, n=n, h=h)
 
 
+GRU_FUSED = FusedRecurrence(native=native_unroll, native_min_hidden_size=NATIVE_MIN_HIDDEN_SIZE)
+"""The GRU's native CPU path for `lj.unroll` (`lstmjax._native_gru`); it has no XLA fast path
+(`lstmjax._fused` measured slower than the step-by-step scan for the GRU)."""
+
+
 def gru(hidden_size: int, init: str | InitScheme = "default") -> Cell:
     """The GRU cell in PyTorch's formulation.
 
@@ -98,6 +106,10 @@ def gru(hidden_size: int, init: str | InitScheme = "default") -> Cell:
 
     Returns:
         An `lj.Cell` whose params are `GRUParams` and whose state is the array `h`, `(..., H)`.
+
+    In float32 on a single CPU device with the native kernel (see `lj.native_kernel_status()`),
+    `lj.unroll` runs this cell's time loops, forward and backward, in a native kernel from
+    `H = 16` up (`lstmjax._native_gru`), with the same results to rounding as the step-by-step scan.
     """
     hidden_size = check_positive_int("hidden_size", hidden_size)
     scheme = resolve(init, hidden_size)
@@ -112,4 +124,4 @@ def gru(hidden_size: int, init: str | InitScheme = "default") -> Cell:
     def initial_state(params: GRUParams, batch_shape: tuple[int, ...] = ()) -> jax.Array:
         return jnp.zeros((*batch_shape, hidden_size), params.w_h.dtype)
 
-    return make_cell("gru", hidden_size, init_params, initial_state, gru_step_with_internals)
+    return make_cell("gru", hidden_size, init_params, initial_state, gru_step_with_internals, fused=GRU_FUSED)

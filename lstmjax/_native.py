@@ -156,27 +156,27 @@ def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
     return primitive
 
 
-def _pad_units(a: jax.Array, units: int, gates: bool) -> jax.Array:
-    """`a` with `units` zero units appended to its last axis: to each of the four gate blocks if `gates`."""
+def _pad_units(a: jax.Array, units: int, gates: bool, blocks: int = 4) -> jax.Array:
+    """`a` with `units` zero units appended to its last axis: to each of its `blocks` gate blocks if `gates`."""
     if not units:
         return a
     if not gates:
         return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, units)])
-    blocks = a.reshape(*a.shape[:-1], 4, a.shape[-1] // 4)
-    return jnp.pad(blocks, [(0, 0)] * (blocks.ndim - 1) + [(0, units)]).reshape(*a.shape[:-1], -1)
+    split = a.reshape(*a.shape[:-1], blocks, a.shape[-1] // blocks)
+    return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, units)]).reshape(*a.shape[:-1], -1)
 
 
-def _pad_recurrent(w_h: jax.Array, units: int) -> jax.Array:
-    """`w_h` `(H, 4H)` with `units` zero units: zero rows, and zero columns in each gate block."""
-    return jnp.pad(_pad_units(w_h, units, gates=True), ((0, units), (0, 0)))
+def _pad_recurrent(w_h: jax.Array, units: int, blocks: int = 4) -> jax.Array:
+    """`w_h` `(H, blocks·H)` with `units` zero units: zero rows, and zero columns in each gate block."""
+    return jnp.pad(_pad_units(w_h, units, gates=True, blocks=blocks), ((0, units), (0, 0)))
 
 
-def _unpad(a: jax.Array, batch: int, hidden: int, gates: bool, batch_axis: int) -> jax.Array:
-    """Inverse of the kernel's padding: the first `batch` rows and `hidden` units (per gate if `gates`)."""
+def _unpad(a: jax.Array, batch: int, hidden: int, gates: bool, batch_axis: int, blocks: int = 4) -> jax.Array:
+    """Inverse of the kernel's padding: the first `batch` rows and `hidden` units (per gate block if `gates`)."""
     a = lax.slice_in_dim(a, 0, batch, axis=batch_axis)
     if gates:
-        blocks = a.reshape(*a.shape[:-1], 4, a.shape[-1] // 4)[..., :hidden]
-        return blocks.reshape(*a.shape[:-1], 4 * hidden)
+        split = a.reshape(*a.shape[:-1], blocks, a.shape[-1] // blocks)[..., :hidden]
+        return split.reshape(*a.shape[:-1], blocks * hidden)
     return a[..., :hidden]
 
 
@@ -244,10 +244,13 @@ COEFFICIENTS = 5  # tangent_p and backward_p: (w_h, gates, cs, c0, valid) first,
 
 # ---- derivatives
 
-def _forward_jvp(primals, tangents, *, save):
-    outputs, output_tangents = jax.jvp(functools.partial(forward_reference, save=save), tuple(primals),
-                                       tuple(map(ad.instantiate_zeros, tangents)))
-    return list(outputs), list(output_tangents)
+def _reference_jvp(reference):
+    """JVP of a forward primitive: that of its reference (used only for higher derivatives)."""
+    def jvp(primals, tangents, **params):
+        outputs, output_tangents = jax.jvp(functools.partial(reference, **params), tuple(primals),
+                                           tuple(map(ad.instantiate_zeros, tangents)))
+        return list(outputs), list(output_tangents)
+    return jvp
 
 
 def _linear_jvp(primitive, reference):
@@ -268,13 +271,13 @@ def _linear_transpose(transposed):
     def transpose(cotangents, *args):
         coefficients, linear = args[:COEFFICIENTS], args[COEFFICIENTS:]
         if any(ad.is_undefined_primal(a) for a in coefficients):
-            raise NotImplementedError("the LSTM kernel's derivative is linear only in its last three arguments")
+            raise NotImplementedError("the kernel's derivative is linear only in its arguments after the coefficients")
         results = transposed.bind(*coefficients, *map(ad.instantiate_zeros, cotangents))
         return [None] * COEFFICIENTS + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
     return transpose
 
 
-ad.primitive_jvps[forward_p] = _forward_jvp
+ad.primitive_jvps[forward_p] = _reference_jvp(forward_reference)
 ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference)
 ad.primitive_jvps[backward_p] = _linear_jvp(backward_p, backward_reference)
 ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p)
@@ -293,15 +296,16 @@ _BATCH_AXES = {
 _REFERENCES = {forward_p: forward_reference, tangent_p: tangent_reference, backward_p: backward_reference}
 
 
-def _batching_rule(primitive):
+def _batching_rule(primitive, axes, output_axes, reference):
     """`vmap` of a primitive: the mapped axis folded into the kernel's batch when no weight is
     mapped (`vmap` over examples or sequences); one kernel call per mapped item (`lax.map`) when
-    a weight is (`vmap` over models or seeds); the reference under `vmap` for an empty axis."""
+    a weight is (`vmap` over models or seeds); the reference under `vmap` for an empty axis.
+    `axes`: each argument's batch axis in the kernel's layout (`None` for a weight); `output_axes(**params)`:
+    each result's."""
     def rule(args, dims, **params):
-        axes, output_axes = _BATCH_AXES[primitive]
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         if size == 0:
-            outputs = jax.vmap(functools.partial(_REFERENCES[primitive], **params), in_axes=tuple(dims))(*args)
+            outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
             return list(outputs), [0] * len(outputs)
         if any(d is not None for a, d in zip(axes, dims) if a is None):
             mapped = [jnp.moveaxis(a, d, 0) if d is not None else None for a, d in zip(args, dims)]
@@ -332,7 +336,7 @@ def _unfold(a, axis, size):
 
 
 for _p in (forward_p, tangent_p, backward_p):
-    batching.primitive_batchers[_p] = _batching_rule(_p)
+    batching.primitive_batchers[_p] = _batching_rule(_p, *_BATCH_AXES[_p], _REFERENCES[_p])
 
 
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry

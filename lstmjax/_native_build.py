@@ -1,7 +1,8 @@
 """Building and loading the native CPU kernels of `lj.unroll` (`native/*.cc`, one library).
 
-The kernel is C++ with AVX-512 intrinsics, called by XLA as an FFI custom call on XLA's own threads. It is
-compiled on first use, not at install time, because it is built for the machine it runs on
+The kernels (the LSTM's, `native/lstm_cpu.cc`, and the GRU's, `native/gru_cpu.cc`) are C++ with AVX-512
+intrinsics, called by XLA as FFI custom calls on XLA's own threads. They are
+compiled on first use, not at install time, because the library is built for the machine it runs on
 (`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
 
     $CXX -O3 -march=native -shared -fPIC -std=c++17 -I<jax ffi headers> <SOURCES>
@@ -15,7 +16,7 @@ build never leaves a partial library under the final name; and its name carries 
 checked before a process loads it, so a file damaged later is rebuilt (and renamed over it) rather
 than loaded.
 
-Where the kernel cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
+Where the kernels cannot be used (not Linux on x86-64, no AVX-512F, no compiler, a failed build,
 or `LSTMJAX_NATIVE=0` in the environment, read once per process, when `native_kernel_status()` is
 first called: by the first `lj.unroll` that could take the native path, or by you) `lj.unroll` runs the
 XLA path instead, with the same results; `native_kernel_status()` says which and why. A failed
@@ -41,18 +42,20 @@ import jax
 import jaxlib
 
 _FOLDER = pathlib.Path(__file__).with_name("native")
-SOURCES = (_FOLDER / "lstm_cpu.cc",)  # compiled together into one library
+SOURCES = (_FOLDER / "lstm_cpu.cc", _FOLDER / "gru_cpu.cc")  # compiled together into one library
 HEADERS = (_FOLDER / "lstm_simd.h", _FOLDER / "ffi_support.h")  # included by the sources
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
-TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward"}
-HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler"}
+TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward",
+           "gru_forward": "lstmjax_gru_forward", "gru_backward": "lstmjax_gru_backward"}
+HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler",
+            "gru_forward": "GruForwardHandler", "gru_backward": "GruBackwardHandler"}
 
 
 class NativeStatus(NamedTuple):
-    """Whether the native kernel is in use, and why not if it is not.
+    """Whether the native kernels are in use, and why not if they are not.
 
     Attributes:
-        available: the kernel is built, loaded and registered with XLA.
+        available: the kernels (LSTM and GRU, one library) are built, loaded and registered with XLA.
         reason: what was built and where, or why the XLA path is used instead.
     """
 
@@ -66,9 +69,9 @@ _library: ctypes.CDLL | None = None  # kept alive for as long as XLA may call it
 
 
 def native_kernel_status() -> NativeStatus:
-    """Builds (on first call) and registers the native LSTM kernel; says whether it is in use.
+    """Builds (on first call) and registers the native LSTM and GRU kernels; says whether they are in use.
 
-    `lj.unroll` calls this itself; call it to find out which path an LSTM takes on this machine
+    `lj.unroll` calls this itself; call it to find out which path an LSTM or GRU takes on this machine
     (and, on the first call, to pay the one-off build of a few seconds up front).
     """
     global _status

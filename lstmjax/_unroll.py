@@ -66,11 +66,12 @@ def unroll(
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
     On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
-    float32 from H = 32, with at least one step and one sequence and without `resets` (and not in
-    `unroll_with_internals`), runs both time loops (forward, and backward under `jax.grad`) in a
-    native kernel called by XLA, `lengths`, `mask` and `remat` included (`lstmjax._native`;
+    float32 from H = 32 and an `lj.gru` cell from H = 16, with at least one step and one sequence
+    and without `resets` (and not in `unroll_with_internals`), run both time loops (forward, and
+    backward under `jax.grad`) in a native kernel called by XLA, `lengths`, `mask` and `remat`
+    included (`lstmjax._native`, `lstmjax._native_gru`;
     `lj.native_kernel_status()` says whether this machine has it; `LSTMJAX_NATIVE=0` in the
-    environment before the first LSTM runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
+    environment before the first LSTM or GRU runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
     cells from H = 256 (where it measured faster on a CPU) run on a fast path when no `resets`
     are given: the same forward scan, with a derivative laid out so that the backward pass
     carries only the state's cotangent and forms the weight gradients as single large matrix
