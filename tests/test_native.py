@@ -123,6 +123,8 @@ def test_the_gradient_runs_the_backward_kernel_and_no_loop():
     assert {"lstm_forward", "lstm_backward"} <= ops and "scan" not in ops, ops
     hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
     assert "lstmjax_lstm_backward" in hlo and "while" not in hlo
+    backward = next(line for line in hlo.splitlines() if "@lstmjax_lstm_backward" in line)
+    assert "output_operand_aliases" in backward, "dz must be written over the saved gates (no new (T, B, 4H) buffer)"
 
 
 def test_forward_mode_and_second_derivatives_equal_the_xla_scan():

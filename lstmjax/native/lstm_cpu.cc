@@ -27,7 +27,9 @@
 //            ct_c (B,H) (gates, cs and valid as given to and saved by the forward; ct_* the cotangents of
 //            ys, h_{T-1}, c_{T-1})
 //   attrs:   threads (int32)
-//   results: dz (T,B,4H) = d loss / d z_t in original layout, dh0 (B,H), dc0 (B,H)
+//   results: dz (T,B,4H) = d loss / d z_t in original layout, dh0 (B,H), dc0 (B,H). dz may be the
+//            same buffer as gates (lstmjax aliases them): each unit's gates at step t are read just
+//            before its dz_t is written there, and never again.
 //   For t = T-1 .. 0:
 //     dh_t = ct_ys[t] + (t == T-1 ? ct_h : dz_{t+1} @ w_h^T)
 //     dc_t = (t == T-1 ? ct_c : dc_{t+1} * f_{t+1}) + dh_t * o_t * (1 - tanh(c_t)^2)
