@@ -258,27 +258,29 @@ def _reference_jvp(reference):
     return jvp
 
 
-def _linear_jvp(primitive, reference):
-    """JVP of `tangent_p`/`backward_p`: the primitive itself where only its linear arguments have
-    tangents (first-order use), the reference's JVP where a coefficient has one too."""
+def _linear_jvp(primitive, reference, coefficients: int = COEFFICIENTS):
+    """JVP of `tangent_p`/`backward_p` (whose first `coefficients` arguments are coefficients, the
+    rest linear): the primitive itself where only its linear arguments have tangents (first-order
+    use), the reference's JVP where a coefficient has one too."""
     def jvp(primals, tangents):
         outputs = primitive.bind(*primals)
-        if all(type(t) is ad.Zero for t in tangents[:COEFFICIENTS]):
-            return outputs, primitive.bind(*primals[:COEFFICIENTS],
-                                           *map(ad.instantiate_zeros, tangents[COEFFICIENTS:]))
+        if all(type(t) is ad.Zero for t in tangents[:coefficients]):
+            return outputs, primitive.bind(*primals[:coefficients],
+                                           *map(ad.instantiate_zeros, tangents[coefficients:]))
         _, output_tangents = jax.jvp(reference, tuple(primals), tuple(map(ad.instantiate_zeros, tangents)))
         return outputs, list(output_tangents)
     return jvp
 
 
-def _linear_transpose(transposed):
-    """Transpose rule of `tangent_p`/`backward_p` in its three linear arguments: the other one."""
+def _linear_transpose(transposed, coefficients: int = COEFFICIENTS):
+    """Transpose rule of `tangent_p`/`backward_p` in its linear arguments (those after the first
+    `coefficients`): the other one."""
     def transpose(cotangents, *args):
-        coefficients, linear = args[:COEFFICIENTS], args[COEFFICIENTS:]
-        if any(ad.is_undefined_primal(a) for a in coefficients):
+        fixed, linear = args[:coefficients], args[coefficients:]
+        if any(ad.is_undefined_primal(a) for a in fixed):
             raise NotImplementedError("the kernel's derivative is linear only in its arguments after the coefficients")
-        results = transposed.bind(*coefficients, *map(ad.instantiate_zeros, cotangents))
-        return [None] * COEFFICIENTS + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
+        results = transposed.bind(*fixed, *map(ad.instantiate_zeros, cotangents))
+        return [None] * coefficients + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
     return transpose
 
 

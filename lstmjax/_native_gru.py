@@ -6,15 +6,16 @@ with the kernel `native/gru_cpu.cc`. The input projection `xz = xs·w_x + b` (`(
 matrix multiply) is computed in XLA, outside the custom derivative, so JAX differentiates it itself;
 the recurrence over `xz` is a `jax.custom_jvp` with three primitives:
 
-* `gru_forward`: `(hs, saved) = forward(xz, valid, w_h, b_hn, h0)`, with `hs` (`(T, B, H)`) the state
-  after each step (held where `valid` (`(T, B)`, bool) is `False`) and `saved` (`(T, B, 4H)`:
-  `r, z, n` and `hn = h_{t-1}·w_hn + b_hn` of each step) only for a derivative;
+* `gru_forward`: `(hs, gates, hn) = forward(xz, valid, w_h, b_hn, h0)`, with `hs` (`(T, B, H)`) the
+  state after each step (held where `valid` (`(T, B)`, bool) is `False`), and `gates` (`(T, B, 3H)`:
+  `r, z, n`) and `hn` (`(T, B, H)`: `h_{t-1}·w_hn + b_hn`) of each step saved only for a derivative;
 * `gru_tangent`: `dhs = L(dxz, dhz, dh0)`, the sequence's derivative given the tangents of every
   step's input pre-activations `dxz` and of its recurrent ones from the weights, `dhz` (both
   `(T, B, 3H)`; `dhz = h_{t-1}·dw_h + [0, 0, db_hn]`, formed outside the loop); linear in
-  `(dxz, dhz, dh0)`, with `w_h, saved, hs, h0, valid` as coefficients;
+  `(dxz, dhz, dh0)`, with `w_h, gates, hn, hs, h0, valid` as coefficients;
 * `gru_backward`: its transpose `(dxz, dhz, dh0) = Lᵀ(ct_hs)`, backpropagation through time carrying
-  only `dh`, native. The weight gradients are then the transposes of the products outside the loop
+  only `dh`, native; `dxz` is written over `gates` (one `(T, B, 3H)` buffer less per step). The
+  weight gradients are then the transposes of the products outside the loop
   (`dw_h = h_beforeᵀ·dhz` as one `(H, T·B) × (T·B, 3H)` product, `dw_x = xsᵀ·dxz`).
 
 As for the LSTM, each primitive has a pure-JAX reference (a `lax.scan`) that defines it and gives
@@ -40,7 +41,6 @@ from jax.interpreters import ad, batching
 
 from lstmjax._fused import _sum_terms
 from lstmjax._native import (
-    COEFFICIENTS,
     ROW_BLOCK,
     UNIT_BLOCK,
     _aval,
@@ -64,7 +64,7 @@ MIN_HIDDEN_SIZE = 16
 
 def forward_reference(xz, valid, w_h, b_hn, h0, *, save: bool):
     """`gru_forward` in JAX. xz `(T, B, 3H)`, valid `(T, B)` bool, w_h `(H, 3H)`, b_hn `(H,)`, h0 `(B, H)`;
-    returns hs `(T, B, H)` and saved `(T, B, 4H)` = `[r, z, n, hn]` (`(0,)` unless `save`)."""
+    returns hs `(T, B, H)`, gates `(T, B, 3H)` = `[r, z, n]` and hn `(T, B, H)` (both `(0,)` unless `save`)."""
     def step(h_before, inputs):
         xz_t, real = inputs
         xr, xz_z, xn = jnp.split(xz_t, 3, axis=-1)
@@ -73,20 +73,21 @@ def forward_reference(xz, valid, w_h, b_hn, h0, *, save: bool):
         r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz_z + hz)
         n = jnp.tanh(xn + r * hn)
         h = jnp.where(real[:, None], (1.0 - z) * n + z * h_before, h_before)
-        return h, ((h, jnp.concatenate([r, z, n, hn], axis=-1)) if save else (h,))
+        return h, ((h, jnp.concatenate([r, z, n], axis=-1), hn) if save else (h,))
 
     _, stacked = lax.scan(step, h0, (xz, valid))
-    return (stacked[0], stacked[1]) if save else (stacked[0], jnp.zeros((0,), xz.dtype))
+    empty = jnp.zeros((0,), xz.dtype)
+    return stacked if save else (stacked[0], empty, empty)
 
 
-def tangent_reference(w_h, saved, hs, h0, valid, dxz, dhz, dh0):
+def tangent_reference(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0):
     """`gru_tangent` in JAX: the forward-mode scan, `dhz_t + dh_{t-1}·w_h` -> the step's linearisation
     (held steps hold the tangent too). Returns `(dhs,)`, `(T, B, H)`."""
     h_before = jnp.concatenate([h0[None], hs[:-1]])
 
     def step(dh_before, inputs):
-        saved_t, h_before_t, real, dxz_t, dhz_t = inputs
-        r, z, n, hn = jnp.split(saved_t, 4, axis=-1)
+        gates_t, hn, h_before_t, real, dxz_t, dhz_t = inputs
+        r, z, n = jnp.split(gates_t, 3, axis=-1)
         dxr, dxz_z, dxn = jnp.split(dxz_t, 3, axis=-1)
         dhr, dhz_z, dhn = jnp.split(dhz_t + dh_before @ w_h, 3, axis=-1)
         dr = r * (1 - r) * (dxr + dhr)
@@ -96,14 +97,14 @@ def tangent_reference(w_h, saved, hs, h0, valid, dxz, dhz, dh0):
         dh = jnp.where(real[:, None], dh, dh_before)
         return dh, dh
 
-    _, dhs = lax.scan(step, dh0, (saved, h_before, valid, dxz, dhz))
+    _, dhs = lax.scan(step, dh0, (gates, hn, h_before, valid, dxz, dhz))
     return (dhs,)
 
 
-def backward_reference(w_h, saved, hs, h0, valid, ct_hs):
+def backward_reference(w_h, gates, hn, hs, h0, valid, ct_hs):
     """`gru_backward` in JAX: the transpose of `tangent_reference` in `(dxz, dhz, dh0)`."""
     steps, batch, hidden = hs.shape
-    linear = functools.partial(tangent_reference, w_h, saved, hs, h0, valid)
+    linear = functools.partial(tangent_reference, w_h, gates, hn, hs, h0, valid)
     gates = jax.ShapeDtypeStruct((steps, batch, 3 * hidden), hs.dtype)
     return jax.linear_transpose(linear, gates, gates, jax.ShapeDtypeStruct((batch, hidden), h0.dtype))((ct_hs,))
 
@@ -124,28 +125,33 @@ def _forward_native(xz, valid, w_h, b_hn, h0, *, save):
     valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)
     w_h, b_hn = _pad_recurrent(w_h, units, blocks=3), _pad_units(b_hn, units, gates=False)
     h0 = jnp.pad(h0, ((0, rows), (0, units)))
+    empty = jax.ShapeDtypeStruct((0,), xz.dtype)
     shapes = [jax.ShapeDtypeStruct(padded, xz.dtype),
-              jax.ShapeDtypeStruct((*padded[:2], 4 * padded[2]) if save else (0,), xz.dtype)]
-    hs, saved = jax.ffi.ffi_call(TARGETS["gru_forward"], shapes)(
+              jax.ShapeDtypeStruct((*padded[:2], 3 * padded[2]), xz.dtype) if save else empty,
+              jax.ShapeDtypeStruct(padded, xz.dtype) if save else empty]
+    hs, gates, hn = jax.ffi.ffi_call(TARGETS["gru_forward"], shapes)(
         xz, valid, w_h, b_hn, h0, threads=np.int32(_threads(padded[1])), save=np.int32(save))
     hs = _unpad(hs, batch, hidden, False, 1)
     if save:
-        saved = _unpad(saved, batch, hidden, True, 1, blocks=4)
-    return hs, saved
+        gates, hn = _unpad(gates, batch, hidden, True, 1, blocks=3), _unpad(hn, batch, hidden, False, 1)
+    return hs, gates, hn
 
 
-def _backward_native(w_h, saved, hs, h0, valid, ct_hs):
+def _backward_native(w_h, gates, hn, hs, h0, valid, ct_hs):
     """`gru_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = hs.shape
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
     w_h = _pad_recurrent(w_h, units, blocks=3)
-    saved = _pad_rows(_pad_units(saved, units, gates=True, blocks=4), rows, 1)
-    hs, ct_hs = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (hs, ct_hs))
+    gates = _pad_rows(_pad_units(gates, units, gates=True, blocks=3), rows, 1)
+    hn, hs, ct_hs = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (hn, hs, ct_hs))
     h0 = _pad_rows(_pad_units(h0, units, gates=False), rows, 0)
     valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)
-    gates = jax.ShapeDtypeStruct((*hs.shape[:2], 3 * hs.shape[2]), hs.dtype)
-    dxz, dhz, dh0 = jax.ffi.ffi_call(TARGETS["gru_backward"], [gates, gates, jax.ShapeDtypeStruct(h0.shape, h0.dtype)])(
-        w_h, saved, hs, h0, valid, ct_hs, threads=np.int32(_threads(batch + rows)))
+    # dxz is written over gates (the kernel reads each unit's gates at step t just before writing
+    # its dxz there): one (T, B, 3H) buffer less to allocate per training step.
+    shape = jax.ShapeDtypeStruct(gates.shape, gates.dtype)
+    dxz, dhz, dh0 = jax.ffi.ffi_call(TARGETS["gru_backward"], [shape, shape, jax.ShapeDtypeStruct(h0.shape, h0.dtype)],
+                                     input_output_aliases={1: 0})(
+        w_h, gates, hn, hs, h0, valid, ct_hs, threads=np.int32(_threads(batch + rows)))
     return (_unpad(dxz, batch, hidden, True, 1, blocks=3), _unpad(dhz, batch, hidden, True, 1, blocks=3),
             _unpad(dh0, batch, hidden, False, 0))
 
@@ -155,14 +161,15 @@ def _backward_native(w_h, saved, hs, h0, valid, ct_hs):
 def _forward_avals(xz, valid, w_h, b_hn, h0, *, save):
     steps, batch, _ = xz.shape
     hidden = w_h.shape[0]
-    return _aval((steps, batch, hidden), xz.dtype), _aval((steps, batch, 4 * hidden) if save else (0,), xz.dtype)
+    return (_aval((steps, batch, hidden), xz.dtype), _aval((steps, batch, 3 * hidden) if save else (0,), xz.dtype),
+            _aval((steps, batch, hidden) if save else (0,), xz.dtype))
 
 
-def _tangent_avals(w_h, saved, hs, h0, valid, dxz, dhz, dh0):
+def _tangent_avals(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0):
     return (_aval(hs.shape, hs.dtype),)
 
 
-def _backward_avals(w_h, saved, hs, h0, valid, ct_hs):
+def _backward_avals(w_h, gates, hn, hs, h0, valid, ct_hs):
     gates = _aval((*hs.shape[:2], 3 * hs.shape[2]), hs.dtype)
     return gates, gates, _aval(h0.shape, h0.dtype)
 
@@ -170,35 +177,35 @@ def _backward_avals(w_h, saved, hs, h0, valid, ct_hs):
 forward_p = _primitive("gru_forward", forward_reference, _forward_avals, _forward_native)
 tangent_p = _primitive("gru_tangent", tangent_reference, _tangent_avals)
 backward_p = _primitive("gru_backward", backward_reference, _backward_avals, _backward_native)
-assert COEFFICIENTS == 5  # tangent_p and backward_p: (w_h, saved, hs, h0, valid) first, then the linear arguments
+COEFFICIENTS = 6  # tangent_p and backward_p: (w_h, gates, hn, hs, h0, valid) first, then the linear arguments
 
 ad.primitive_jvps[forward_p] = _reference_jvp(forward_reference)
-ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference)
-ad.primitive_jvps[backward_p] = _linear_jvp(backward_p, backward_reference)
-ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p)
-ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p)
+ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference, COEFFICIENTS)
+ad.primitive_jvps[backward_p] = _linear_jvp(backward_p, backward_reference, COEFFICIENTS)
+ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p, COEFFICIENTS)
+ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p, COEFFICIENTS)
 
 # Batch axis of each argument and result in the kernel's layout (None for the weights).
 batching.primitive_batchers[forward_p] = _batching_rule(
-    forward_p, (1, 1, None, None, 0), lambda save: (1, 1) if save else (1, None), forward_reference)
+    forward_p, (1, 1, None, None, 0), lambda save: (1, 1, 1) if save else (1, None, None), forward_reference)
 batching.primitive_batchers[tangent_p] = _batching_rule(
-    tangent_p, (None, 1, 1, 0, 1, 1, 1, 0), lambda: (1,), tangent_reference)
+    tangent_p, (None, 1, 1, 1, 0, 1, 1, 1, 0), lambda: (1,), tangent_reference)
 batching.primitive_batchers[backward_p] = _batching_rule(
-    backward_p, (None, 1, 1, 0, 1, 1), lambda: (1, 1, 0), backward_reference)
+    backward_p, (None, 1, 1, 1, 0, 1, 1), lambda: (1, 1, 0), backward_reference)
 
 
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry
 
 @jax.custom_jvp
 def _sequence(w_h, b_hn, xz, valid, h0):
-    hs, _ = forward_p.bind(xz, valid, w_h, b_hn, h0, save=False)
+    hs, _, _ = forward_p.bind(xz, valid, w_h, b_hn, h0, save=False)
     return hs
 
 
 def _sequence_jvp(primals, tangents):
     w_h, b_hn, xz, valid, h0 = primals
     dw_h, db_hn, dxz, _, dh0 = tangents
-    hs, saved = forward_p.bind(xz, valid, w_h, b_hn, h0, save=True)
+    hs, gates, hn = forward_p.bind(xz, valid, w_h, b_hn, h0, save=True)
     h_before = jnp.concatenate([h0[None], hs[:-1]])
     hidden = w_h.shape[0]
     rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
@@ -206,7 +213,7 @@ def _sequence_jvp(primals, tangents):
     dhz = _sum_terms([(dw_h, lambda d: rows(h_before) @ d), (db_hn, lambda d: jnp.pad(d, (2 * hidden, 0))[None])])
     dhz = jnp.zeros(xz.shape, xz.dtype) if dhz is None else jnp.broadcast_to(dhz, rows(xz).shape).reshape(xz.shape)
     dxz, dh0 = (jnp.zeros(p.shape, p.dtype) if isinstance(t, SymbolicZero) else t for t, p in ((dxz, xz), (dh0, h0)))
-    (dhs,) = tangent_p.bind(w_h, saved, hs, h0, valid, dxz, dhz, dh0)
+    (dhs,) = tangent_p.bind(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0)
     return hs, dhs
 
 

@@ -82,6 +82,8 @@ def test_the_gradient_runs_the_backward_kernel_and_no_loop():
     assert {"gru_forward", "gru_backward"} <= ops and "scan" not in ops, ops
     hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
     assert "lstmjax_gru_backward" in hlo and "while" not in hlo
+    backward = next(line for line in hlo.splitlines() if "@lstmjax_gru_backward" in line)
+    assert "output_operand_aliases" in backward, "dxz must be written over the saved gates (no new (T, B, 3H) buffer)"
 
 
 def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
@@ -175,8 +177,8 @@ def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
 def test_kernel_refuses_inconsistent_shapes_by_name():
     """The custom calls check their buffers themselves (the wrappers never send such shapes)."""
     forward = jax.jit(lambda *a: jax.ffi.ffi_call(_native_gru.TARGETS["gru_forward"], [
-        jax.ShapeDtypeStruct((2, 4, 32), jnp.float32), jax.ShapeDtypeStruct((2, 4, 128), jnp.float32)])(
-            *a, threads=np.int32(1), save=np.int32(1)))
+        jax.ShapeDtypeStruct((2, 4, 32), jnp.float32), jax.ShapeDtypeStruct((2, 4, 96), jnp.float32),
+        jax.ShapeDtypeStruct((2, 4, 32), jnp.float32)])(*a, threads=np.int32(1), save=np.int32(1)))
     xz, valid, w_h, b_hn, h0 = (jnp.zeros((2, 4, 96)), jnp.ones((2, 4), jnp.uint8), jnp.zeros((32, 96)),
                                 jnp.zeros(32), jnp.zeros((4, 32)))
     with pytest.raises(Exception, match=r"b_hn has shape \(33,\) but must be \(H,\) = \(32,\)"):
@@ -186,5 +188,6 @@ def test_kernel_refuses_inconsistent_shapes_by_name():
     gates = jax.ShapeDtypeStruct((2, 4, 96), jnp.float32)
     backward = jax.jit(lambda *a: jax.ffi.ffi_call(_native_gru.TARGETS["gru_backward"], [
         gates, gates, jax.ShapeDtypeStruct((4, 32), jnp.float32)])(*a, threads=np.int32(1)))
-    with pytest.raises(Exception, match=r"saved has shape \(2, 4, 96\) but must be \(T, B, 4H\) = \(2, 4, 128\)"):
-        jax.block_until_ready(backward(w_h, xz, jnp.zeros((2, 4, 32)), h0, valid, jnp.zeros((2, 4, 32))))
+    hidden = jnp.zeros((2, 4, 32))
+    with pytest.raises(Exception, match=r"hn has shape \(2, 4, 96\) but must be \(T, B, H\) = \(2, 4, 32\)"):
+        jax.block_until_ready(backward(w_h, xz, xz, hidden, h0, valid, hidden))

@@ -18,19 +18,21 @@
 // GruForwardHandler
 //   args:    xz (T,B,3H), valid (T,B) uint8, w_h (H,3H), b_hn (H,), h0 (B,H)
 //   attrs:   threads (int32), save (int32, 0 or 1)
-//   results: hs (T,B,H), saved
-//            save = 1: saved (T,B,4H) = [r z n hn] in blocks of H (hn = hz_n + b_hn; on a held step
-//                      computed from the held state, and not used by the backward)
-//            save = 0: saved must have shape (0,) and is not written (inference path: the workspace
-//                      is O(weights + threads), never O(T)).
+//   results: hs (T,B,H), gates, hn
+//            save = 1: gates (T,B,3H) = [r z n] in blocks of H, hn (T,B,H) = hz_n + b_hn (on a held
+//                      step computed from the held state, and not used by the backward)
+//            save = 0: gates and hn must have shape (0,) and are not written (inference path: the
+//                      workspace is O(weights + threads), never O(T)).
 // GruBackwardHandler (backpropagation through time, no weight gradients: the caller computes those
 // as large matrix products from dxz and dhz)
-//   args:    w_h (H,3H), saved (T,B,4H), hs (T,B,H), h0 (B,H), valid (T,B) uint8, ct_hs (T,B,H)
-//            (saved, hs and valid as given to and returned by the forward; ct_hs the cotangent of hs,
-//            that of the final state included in ct_hs[T-1])
+//   args:    w_h (H,3H), gates (T,B,3H), hn (T,B,H), hs (T,B,H), h0 (B,H), valid (T,B) uint8,
+//            ct_hs (T,B,H) (gates, hn, hs and valid as given to and returned by the forward; ct_hs
+//            the cotangent of hs, that of the final state included in ct_hs[T-1])
 //   attrs:   threads (int32)
 //   results: dxz (T,B,3H) = d loss / d xz_t, dhz (T,B,3H) = d loss / d hz_t (b_hn's included in the
-//            n block: its gradient is the sum of dhz_n), dh0 (B,H)
+//            n block: its gradient is the sum of dhz_n), dh0 (B,H). dxz may be the same buffer as
+//            gates (lstmjax aliases them): each unit's gates at step t are read just before its
+//            dxz_t is written there, and never again.
 //   For t = T-1 .. 0:
 //     dh_t = ct_hs[t] + (t == T-1 ? 0 : dhz_{t+1} @ w_h^T + dh_{t+1} * z_{t+1})
 //     an = dh_t (1-z)(1-n^2)       dz_pre = dh_t (h_{t-1} - n) z(1-z)       dr_pre = an hn r(1-r)
@@ -98,8 +100,8 @@ using namespace native_support;  // Workspace, check_*, parallel_for (ffi_suppor
 template <int MR>
 __attribute__((always_inline)) inline void gru_fwd_block(int H, const float* xt, const uint8_t* vt, const float* hp,
                                                          const float* Wpp, const float* bip, float* Z, float* yt,
-                                                         float* st, int p) {
-  const long G3 = 3L * H, G4 = 4L * H;
+                                                         float* gt, float* nt, int p) {
+  const long G3 = 3L * H;
   ukr<MR, 2>(H, hp, H, Wpp, 48, 0, nullptr, 0, nullptr, 0, bip, 0, Z, 48);            // r, z columns
   ukr<MR, 1>(H, hp, H, Wpp + 32, 48, 0, nullptr, 0, nullptr, 0, bip + 32, 0, Z + 32, 48);  // n columns
   for (int r = 0; r < MR; ++r) {
@@ -113,24 +115,25 @@ __attribute__((always_inline)) inline void gru_fwd_block(int H, const float* xt,
     __m512 hprev = _mm512_loadu_ps(hp + hi);
     __m512 h = vt[r] ? _mm512_fmadd_ps(zg, _mm512_sub_ps(hprev, ng), ng) : hprev;
     _mm512_storeu_ps(yt + hi, h);
-    if (st) {
-      float* s = st + (size_t)r * G4 + p * 16;
-      _mm512_storeu_ps(s, rg);
-      _mm512_storeu_ps(s + H, zg);
-      _mm512_storeu_ps(s + 2 * H, ng);
-      _mm512_storeu_ps(s + 3 * H, hn);
+    if (gt) {
+      float* g = gt + (size_t)r * G3 + p * 16;
+      _mm512_storeu_ps(g, rg);
+      _mm512_storeu_ps(g + H, zg);
+      _mm512_storeu_ps(g + 2 * H, ng);
+      _mm512_storeu_ps(nt + hi, hn);
     }
   }
 }
 
 ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffer<ffi::U8> valid,
                       ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> bhn, ffi::Buffer<ffi::F32> h0, int32_t threads,
-                      int32_t save, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> saved) {
+                      int32_t save, ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> gates,
+                      ffi::ResultBuffer<ffi::F32> hn_out) {
   constexpr const char* fn = "GruForward";
   NATIVE_RETURN_IF_ERROR(check_rank(fn, "xz", xz, 3, "(T, B, 3H)"));
   NATIVE_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 3H)"));
   const int64_t T64 = xz.dimensions()[0], B64 = xz.dimensions()[1], H64 = wh.dimensions()[0];
-  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, 4, "xz.shape[0]", "xz.shape[1]", "unused", "w_h.shape[0]"));
+  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, 3, "xz.shape[0]", "xz.shape[1]", "unused", "w_h.shape[0]"));
   NATIVE_RETURN_IF_ERROR(check_threads(fn, threads));
   if (save != 0 && save != 1)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
@@ -141,12 +144,15 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "b_hn", bhn, {H64}, "(H,)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "h0", h0, {B64, H64}, "(B, H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "result hs", *hs, {T64, B64, H64}, "(T, B, H)"));
-  if (save)
-    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result saved", *saved, {T64, B64, 4 * H64}, "(T, B, 4H)", " with save=1"));
-  else
-    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result saved", *saved, {0}, "empty", " with save=0"));
+  if (save) {
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {T64, B64, 3 * H64}, "(T, B, 3H)", " with save=1"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result hn", *hn_out, {T64, B64, H64}, "(T, B, H)", " with save=1"));
+  } else {
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result gates", *gates, {0}, "empty", " with save=0"));
+    NATIVE_RETURN_IF_ERROR(check_shape(fn, "result hn", *hn_out, {0}, "empty", " with save=0"));
+  }
   const int T = (int)T64, B = (int)B64, H = (int)H64;
-  const int G3 = 3 * H, G4 = 4 * H, NP = H / 16;
+  const int G3 = 3 * H, NP = H / 16;
 
   // workspace: packed w_h panels (NP x H x 48), packed [0, 0, b_hn] rows (NP x 48), per-thread Z scratch
   const size_t oWp = 0, oBI = oWp + round16((size_t)H * G3), oZ = oBI + round16(G3),
@@ -163,7 +169,8 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
   const float* BN = bhn.typed_data();
   const float* H0 = h0.typed_data();
   float* Y = hs->typed_data();
-  float* S = save ? saved->typed_data() : nullptr;
+  float* GT = save ? gates->typed_data() : nullptr;
+  float* HN = save ? hn_out->typed_data() : nullptr;
 
   const int nt = workers_for(pool, threads);
   parallel_for(pool, nt, NP, [&](int p) {
@@ -185,17 +192,19 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
       const uint8_t* vt = V + (size_t)t * B + r0;
       const float* hp = t ? Y + ((size_t)(t - 1) * B + r0) * H : H0 + (size_t)r0 * H;
       float* yt = Y + ((size_t)t * B + r0) * H;
-      float* st = S ? S + ((size_t)t * B + r0) * G4 : nullptr;
+      float* gt = GT ? GT + ((size_t)t * B + r0) * G3 : nullptr;
+      float* nt_ = HN ? HN + ((size_t)t * B + r0) * H : nullptr;
       for (int p = 0; p < NP; ++p) {
         const float* Wpp = Wp + (size_t)p * H * 48;
         const float* bip = BI + p * 48;
         int rb = 0;
         for (; rb + kGruFwdMR <= BR; rb += kGruFwdMR)
           gru_fwd_block<kGruFwdMR>(H, xt + (size_t)rb * G3, vt + rb, hp + (size_t)rb * H, Wpp, bip, Z,
-                                   yt + (size_t)rb * H, st ? st + (size_t)rb * G4 : nullptr, p);
+                                   yt + (size_t)rb * H, gt ? gt + (size_t)rb * G3 : nullptr,
+                                   nt_ ? nt_ + (size_t)rb * H : nullptr, p);
         for (; rb < BR; rb += 4)  // remainder (BR % 4 == 0)
           gru_fwd_block<4>(H, xt + (size_t)rb * G3, vt + rb, hp + (size_t)rb * H, Wpp, bip, Z, yt + (size_t)rb * H,
-                           st ? st + (size_t)rb * G4 : nullptr, p);
+                           gt ? gt + (size_t)rb * G3 : nullptr, nt_ ? nt_ + (size_t)rb * H : nullptr, p);
       }
     }
   });
@@ -214,18 +223,19 @@ inline void gru_bwd_rec(int BR, int G3, int H, const float* A, const float* Wtq,
               C + (size_t)rb * H, H);
 }
 
-ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> saved,
-                       ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::U8> valid,
+ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buffer<ffi::F32> gates,
+                       ffi::Buffer<ffi::F32> hn, ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::U8> valid,
                        ffi::Buffer<ffi::F32> ct_hs, int32_t threads, ffi::ResultBuffer<ffi::F32> dxz,
                        ffi::ResultBuffer<ffi::F32> dhz, ffi::ResultBuffer<ffi::F32> dh0) {
   constexpr const char* fn = "GruBackward";
   NATIVE_RETURN_IF_ERROR(check_rank(fn, "w_h", wh, 2, "(H, 3H)"));
   NATIVE_RETURN_IF_ERROR(check_rank(fn, "hs", hs, 3, "(T, B, H)"));
   const int64_t T64 = hs.dimensions()[0], B64 = hs.dimensions()[1], H64 = wh.dimensions()[0];
-  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, 4, "hs.shape[0]", "hs.shape[1]", "unused", "w_h.shape[0]"));
+  NATIVE_RETURN_IF_ERROR(check_dims(fn, T64, B64, 1, H64, 3, "hs.shape[0]", "hs.shape[1]", "unused", "w_h.shape[0]"));
   NATIVE_RETURN_IF_ERROR(check_threads(fn, threads));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "w_h", wh, {H64, 3 * H64}, "(H, 3H)"));
-  NATIVE_RETURN_IF_ERROR(check_shape(fn, "saved", saved, {T64, B64, 4 * H64}, "(T, B, 4H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "gates", gates, {T64, B64, 3 * H64}, "(T, B, 3H)"));
+  NATIVE_RETURN_IF_ERROR(check_shape(fn, "hn", hn, {T64, B64, H64}, "(T, B, H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "hs", hs, {T64, B64, H64}, "(T, B, H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "h0", h0, {B64, H64}, "(B, H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "valid", valid, {T64, B64}, "(T, B)"));
@@ -233,7 +243,7 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dxz", *dxz, {T64, B64, 3 * H64}, "(T, B, 3H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dhz", *dhz, {T64, B64, 3 * H64}, "(T, B, 3H)"));
   NATIVE_RETURN_IF_ERROR(check_shape(fn, "result dh0", *dh0, {B64, H64}, "(B, H)"));
-  const int T = (int)T64, B = (int)B64, H = (int)H64, G3 = 3 * H, G4 = 4 * H, NQ = H / 32;
+  const int T = (int)T64, B = (int)B64, H = (int)H64, G3 = 3 * H, NQ = H / 32;
 
   // workspace: w_h^T packed into NQ panels of (3H x 32): Wt[q][k][c] = w_h[q*32 + c][k]
   const size_t total = (size_t)G3 * H;
@@ -244,7 +254,8 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   float* Wt = ws.p;
   const uint8_t* V = valid.typed_data();
   const float* WH = wh.typed_data();
-  const float* SV = saved.typed_data();
+  const float* GS = gates.typed_data();
+  const float* HNS = hn.typed_data();
   const float* HS = hs.typed_data();
   const float* H0 = h0.typed_data();
   const float* DY = ct_hs.typed_data();
@@ -276,7 +287,8 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
     const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
     for (int t = T - 1; t >= 0; --t) {
       const size_t rowt = (size_t)t * B + r0;
-      const float* St = SV + rowt * G4;
+      const float* Gt = GS + rowt * G3;
+      const float* Nt = HNS + rowt * H;
       const float* Hp = t ? HS + (rowt - B) * H : H0 + (size_t)r0 * H;
       const float* Yt = DY + rowt * H;
       float* Xt = DX + rowt * G3;
@@ -287,7 +299,7 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
         if (t < T - 1) gru_bwd_rec(BR, G3, H, Zn, Wt + (size_t)q * G3 * 32, carry + q * 32);
         for (int r = 0; r < BR; ++r)
           for (int p = 2 * q; p < 2 * q + 2; ++p) {
-            const size_t hi = (size_t)r * H + p * 16, gi = (size_t)r * G3 + p * 16, si = (size_t)r * G4 + p * 16;
+            const size_t hi = (size_t)r * H + p * 16, gi = (size_t)r * G3 + p * 16;
             __m512 dh = _mm512_add_ps(_mm512_loadu_ps(Yt + hi), _mm512_loadu_ps(carry + hi));
             if (!vt[r]) {  // held step: no gate cotangents, dh_t passes to h_{t-1} as it is
               for (int g = 0; g < 3; ++g) {
@@ -297,13 +309,13 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
               _mm512_storeu_ps(carry + hi, dh);
               continue;
             }
-            __m512 rg = _mm512_loadu_ps(St + si), zg = _mm512_loadu_ps(St + si + H),
-                   ng = _mm512_loadu_ps(St + si + 2 * H), hn = _mm512_loadu_ps(St + si + 3 * H);
+            __m512 rg = _mm512_loadu_ps(Gt + gi), zg = _mm512_loadu_ps(Gt + gi + H),
+                   ng = _mm512_loadu_ps(Gt + gi + 2 * H), hnv = _mm512_loadu_ps(Nt + hi);
             __m512 hp = _mm512_loadu_ps(Hp + hi);
             __m512 an = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(one, zg)), _mm512_fnmadd_ps(ng, ng, one));
             __m512 dzp = _mm512_mul_ps(_mm512_mul_ps(dh, _mm512_sub_ps(hp, ng)),
                                        _mm512_mul_ps(zg, _mm512_sub_ps(one, zg)));
-            __m512 drp = _mm512_mul_ps(_mm512_mul_ps(an, hn), _mm512_mul_ps(rg, _mm512_sub_ps(one, rg)));
+            __m512 drp = _mm512_mul_ps(_mm512_mul_ps(an, hnv), _mm512_mul_ps(rg, _mm512_sub_ps(one, rg)));
             _mm512_storeu_ps(Xt + gi, drp);
             _mm512_storeu_ps(Xt + gi + H, dzp);
             _mm512_storeu_ps(Xt + gi + 2 * H, an);
@@ -333,13 +345,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GruForwardHandler, GruForward,
                                   .Attr<int32_t>("threads")
                                   .Attr<int32_t>("save")
                                   .Ret<ffi::Buffer<ffi::F32>>()   // hs (T,B,H)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // saved (T,B,4H) or (0,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // gates (T,B,3H) or (0,)
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // hn (T,B,H) or (0,)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(GruBackwardHandler, GruBackward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w_h (H,3H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // saved (T,B,4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gates (T,B,3H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // hn (T,B,H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // hs (T,B,H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B,H)
                                   .Arg<ffi::Buffer<ffi::U8>>()   // valid (T,B)
