@@ -150,13 +150,13 @@ def _built_library() -> pathlib.Path:
               jaxlib.__version__, _cpu_field("model name"), _cpu_field("flags")]
     key = hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:16]
     folder = _cache_dir()
-    for existing in sorted(folder.glob(f"lstm_cpu-{key}-*.so")):
+    for existing in sorted(folder.glob(f"lstmjax_native-{key}-*.so")):
         if existing.stem.rsplit("-", 1)[-1] == _digest(existing):
             return existing
     # None is whole: build, and rename over a damaged one of the same name (not removed first:
     # another process may be putting a good one there at this moment).
     folder.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".lstm_cpu-{key}.", suffix=".partial", dir=folder)
+    handle, partial = tempfile.mkstemp(prefix=f".lstmjax_native-{key}.", suffix=".partial", dir=folder)
     os.close(handle)
     try:
         command = [*compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", partial, *map(str, SOURCES)]
@@ -168,7 +168,7 @@ def _built_library() -> pathlib.Path:
         os.chmod(partial, 0o755 & ~umask)  # mkstemp made it private; others sharing the cache may load it
         with open(partial, "rb") as built:
             os.fsync(built.fileno())
-        path = folder / f"lstm_cpu-{key}-{_digest(pathlib.Path(partial))}.so"
+        path = folder / f"lstmjax_native-{key}-{_digest(pathlib.Path(partial))}.so"
         os.replace(partial, path)
         _fsync_folder(folder)
     finally:
