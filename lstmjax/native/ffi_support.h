@@ -4,6 +4,8 @@
 // parallel_for over XLA's own intra-op thread pool.
 #pragma once
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -35,6 +37,12 @@ struct Workspace {  // one aligned allocation per call, freed on scope exit
   Workspace& operator=(const Workspace&) = delete;
 };
 inline size_t round16(size_t n) { return (n + 15) / 16 * 16; }  // keep sub-arrays 64-byte aligned
+
+// The error a kernel returns when its workspace of `floats` floats could not be allocated.
+inline ffi::Error allocation_error(const char* fn, size_t floats) {
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                    std::string(fn) + ": could not allocate " + std::to_string(floats * 4) + " bytes of workspace");
+}
 
 template <typename Dims>
 std::string shape_str(const Dims& d) {
@@ -160,6 +168,31 @@ inline void parallel_for(ffi::ThreadPool& pool, int workers, int n, const std::f
 inline int workers_for(ffi::ThreadPool& pool, int32_t threads) {
   const int64_t pool_size = pool.num_threads();
   return (int)std::max<int64_t>(1, std::min<int64_t>(threads, pool_size > 0 ? pool_size : 1));
+}
+
+// The batch rows worker `tid` of `nt` owns for every step: row blocks [tid*nb/nt, (tid+1)*nb/nt) of
+// the nb = B/4 blocks of 4 rows, as rows [first, first + count) (count may be 0).
+struct RowRange {
+  int first, count;
+};
+inline RowRange rows_of_worker(int tid, int nt, int B) {
+  const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
+  return {rb0 * 4, (rb1 - rb0) * 4};
+}
+
+// W (H x G, row-major) transposed into H/32 panels of (G x 32): Wt[q][k][c] = W[q*32 + c][k], the
+// layout the backward kernels' recurrent products dz @ W^T read (contiguous 16-float loads of a W
+// row, stride-32 scatters into the panel; panels shared out over the pool). G % 16 == 0, H % 32 == 0.
+inline void pack_transposed_panels(ffi::ThreadPool& pool, int workers, const float* W, int H, int G, float* Wt) {
+  const __m512i sidx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(32));
+  parallel_for(pool, workers, H / 32, [&](int q) {
+    for (int c = 0; c < 32; ++c) {
+      const float* src = W + (size_t)(q * 32 + c) * G;
+      float* dst = Wt + (size_t)q * G * 32 + c;
+      for (int kb = 0; kb < G; kb += 16) _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
+    }
+  });
 }
 
 }  // namespace native_support

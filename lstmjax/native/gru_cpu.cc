@@ -158,9 +158,7 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
   const size_t oWp = 0, oBI = oWp + round16((size_t)H * G3), oZ = oBI + round16(G3),
                zsz = round16((size_t)kGruFwdMR * 48), total = oZ + (size_t)threads * zsz;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   float* Wp = ws.p + oWp;
   float* BI = ws.p + oBI;
   const float* X = xz.typed_data();
@@ -184,8 +182,8 @@ ffi::Error GruForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
     _mm512_storeu_ps(BI + p * 48 + 32, _mm512_loadu_ps(BN + p * 16));
   });
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     float* Z = ws.p + oZ + (size_t)tid * zsz;
     for (int t = 0; t < T && BR > 0; ++t) {
       const float* xt = X + ((size_t)t * B + r0) * G3;
@@ -248,9 +246,7 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   // workspace: w_h^T packed into NQ panels of (3H x 32): Wt[q][k][c] = w_h[q*32 + c][k]
   const size_t total = (size_t)G3 * H;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   float* Wt = ws.p;
   const uint8_t* V = valid.typed_data();
   const float* WH = wh.typed_data();
@@ -264,21 +260,10 @@ ffi::Error GruBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   float* DH0 = dh0->typed_data();
 
   const int nt = workers_for(pool, threads);
-  {  // contiguous 16-float loads of a w_h row, stride-32 scatters into the panel
-    const __m512i sidx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
-    parallel_for(pool, nt, NQ, [&](int q) {
-      for (int c = 0; c < 32; ++c) {
-        const float* src = WH + (size_t)(q * 32 + c) * G3;
-        float* dst = Wt + (size_t)q * G3 * 32 + c;
-        for (int kb = 0; kb < G3; kb += 16)
-          _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
-      }
-    });
-  }
+  pack_transposed_panels(pool, nt, WH, H, G3, Wt);
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     if (BR <= 0) return;
     // carry (in dh0): dh_{t+1} * z_{t+1} (or dh_{t+1} where step t+1 is held), then, after the
     // recurrent product, the whole cotangent from later steps of h_t; 0 before the last step

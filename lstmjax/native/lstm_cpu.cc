@@ -171,9 +171,7 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
   const size_t oWp = 0, oBI = oWp + round16((size_t)KX * G4), oZ = oBI + round16(G4),
                zsz = round16((size_t)kFwdMR * 64), total = oZ + (size_t)threads * zsz;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   float* Wp = ws.p + oWp;
   float* BI = ws.p + oBI;
   const float* X = xs.typed_data();
@@ -200,8 +198,8 @@ ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::Buff
   });
   // ---- the time loop: worker k owns row blocks [k*nb/nt, (k+1)*nb/nt) for every step
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     float* Z = ws.p + oZ + (size_t)tid * zsz;
     float* cst = CL + (size_t)r0 * H;  // running c_t of these rows, in c_last
     if (BR > 0) std::memcpy(cst, C0 + (size_t)r0 * H, sizeof(float) * BR * H);
@@ -267,9 +265,7 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
   // `held` (B x H): the cotangent of h_t of each row whose step t is held, until step t-1 uses it
   const size_t oHeld = round16((size_t)G4 * H), total = oHeld + (size_t)B * H;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   float* Wt = ws.p;
   float* HELD = ws.p + oHeld;
   const uint8_t* V = valid.typed_data();
@@ -285,21 +281,10 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buf
   float* DC0 = dc0->typed_data();
 
   const int nt = workers_for(pool, threads);
-  {  // contiguous 16-float loads of a w_h row, stride-32 scatters into the panel
-    const __m512i sidx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
-    parallel_for(pool, nt, NQ, [&](int q) {
-      for (int c = 0; c < 32; ++c) {
-        const float* src = WH + (size_t)(q * 32 + c) * G4;
-        float* dst = Wt + (size_t)q * G4 * 32 + c;
-        for (int kb = 0; kb < G4; kb += 16)
-          _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
-      }
-    });
-  }
+  pack_transposed_panels(pool, nt, WH, H, G4, Wt);
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     // dhr: the recurrent part of dh_t (ct_h at t = T-1), kept in dh0; dcr: dc_{t+1} * f_{t+1}
     // (ct_c at t = T-1), kept in dc0. Both end up holding the results.
     float* dhr = DH0 + (size_t)r0 * H;
