@@ -1,8 +1,9 @@
 """Issue 5's long-sequence target, run for real (slow: about half a minute; `pytest -m slow`): a
 training step of an LSTM over T = 100,000 steps, B = 8, D = 32, H = 128 with
 `lj.unroll(..., remat=True)` stays within 2 GB (2·10⁹ bytes) of process memory (peak resident
-set, JAX's runtime included), and its gradient equals the plain mode's, which needs about three
-times the memory (5.5 GB here: do not run it on a smaller machine). Each mode runs in a fresh
+set, JAX's runtime included), and its gradient equals the plain mode's, which needs about twice
+the memory (3.5 GB here with the native kernel, 5.5 GB on the XLA path: do not run it on a
+smaller machine). Each mode runs in a fresh
 process, so the peaks are its own. Linux only: `ru_maxrss` is in KiB there."""
 
 import json
