@@ -1,10 +1,10 @@
 """What does the native CPU kernel buy? Each cell family's `lj.unroll` with and without it, timed in one process.
 
-    python -m experiments.native_speedup             # about two minutes on a 2-core CPU
+    python -m experiments.native_speedup             # about a minute on a 2-core CPU
     python -m experiments.native_speedup --families gru --hidden-sizes 16 32 64 --repeats 9
     python -m experiments.native_speedup --help
 
-For every family that has a native kernel (`cell.fused.native`: the LSTM, the GRU) and every
+For every family that has a native kernel (`cell.fused.native`: the LSTM, the GRU, the RNN) and every
 hidden size `H`, the same cell (`lj.<family>(H)`, weights from `cell.init(PRNGKey(seed), D)`, inputs
 `xs: (T, B, D)` standard normal, zero initial state) is run two ways through the public
 `lj.unroll`:
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lstmjax as lj
+from experiments._benchmark_anchors import without_native_kernel
 from experiments._config_checks import check_int
 from experiments._config_cli import parse_config
 from experiments._results import record_run, written_files_line
@@ -74,7 +75,7 @@ class NativeSpeedupConfig:
         overwrite: replace an existing run folder of the same name instead of refusing.
     """
 
-    families: tuple[str, ...] = ("lstm", "gru")
+    families: tuple[str, ...] = ("lstm", "gru", "rnn")
     hidden_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     batch_size: int = 32
     length: int = 100
@@ -99,11 +100,6 @@ class NativeSpeedupConfig:
         check_int("seed", self.seed, 0)
         if isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not self.rtol > 0:
             raise ValueError(f"rtol must be a positive number, got {self.rtol!r}")
-
-
-def without_kernel(cell: lj.Cell) -> lj.Cell:
-    """`cell` with its native kernel switched off: `lj.unroll` then takes its XLA path."""
-    return cell._replace(fused=cell.fused._replace(native=None))
 
 
 def workload(cell: lj.Cell, name: str) -> Callable:
@@ -148,7 +144,7 @@ def measure_point(family: str, hidden_size: int, config: NativeSpeedupConfig) ->
     keys = jax.random.split(jax.random.PRNGKey(config.seed))
     params = cell.init(keys[0], config.input_size)
     xs = jax.random.normal(keys[1], (config.length, config.batch_size, config.input_size))
-    cells = {"native": cell, "xla": without_kernel(cell)}
+    cells = {"native": cell, "xla": without_native_kernel(cell)}
     point: dict[str, Any] = {"family": family, "hidden_size": hidden_size}
     for name in WORKLOADS:
         functions = {way: workload(c, name) for way, c in cells.items()}

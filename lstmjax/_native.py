@@ -261,25 +261,27 @@ def _reference_jvp(reference):
 def _linear_jvp(primitive, reference, coefficients: int = COEFFICIENTS):
     """JVP of `tangent_p`/`backward_p` (whose first `coefficients` arguments are coefficients, the
     rest linear): the primitive itself where only its linear arguments have tangents (first-order
-    use), the reference's JVP where a coefficient has one too."""
-    def jvp(primals, tangents):
-        outputs = primitive.bind(*primals)
+    use), the reference's JVP where a coefficient has one too. The primitive's parameters, if it
+    has any, are passed on."""
+    def jvp(primals, tangents, **params):
+        outputs = primitive.bind(*primals, **params)
         if all(type(t) is ad.Zero for t in tangents[:coefficients]):
             return outputs, primitive.bind(*primals[:coefficients],
-                                           *map(ad.instantiate_zeros, tangents[coefficients:]))
-        _, output_tangents = jax.jvp(reference, tuple(primals), tuple(map(ad.instantiate_zeros, tangents)))
+                                           *map(ad.instantiate_zeros, tangents[coefficients:]), **params)
+        _, output_tangents = jax.jvp(functools.partial(reference, **params), tuple(primals),
+                                     tuple(map(ad.instantiate_zeros, tangents)))
         return outputs, list(output_tangents)
     return jvp
 
 
 def _linear_transpose(transposed, coefficients: int = COEFFICIENTS):
     """Transpose rule of `tangent_p`/`backward_p` in its linear arguments (those after the first
-    `coefficients`): the other one."""
-    def transpose(cotangents, *args):
+    `coefficients`): the other one, with the same parameters."""
+    def transpose(cotangents, *args, **params):
         fixed, linear = args[:coefficients], args[coefficients:]
         if any(ad.is_undefined_primal(a) for a in fixed):
             raise NotImplementedError("the kernel's derivative is linear only in its arguments after the coefficients")
-        results = transposed.bind(*fixed, *map(ad.instantiate_zeros, cotangents))
+        results = transposed.bind(*fixed, *map(ad.instantiate_zeros, cotangents), **params)
         return [None] * coefficients + [r if ad.is_undefined_primal(a) else None for r, a in zip(results, linear)]
     return transpose
 

@@ -1,6 +1,7 @@
 """Building and loading the native CPU kernels of `lj.unroll` (`native/*.cc`, one library).
 
-The kernels (the LSTM's, `native/lstm_cpu.cc`, and the GRU's, `native/gru_cpu.cc`) are C++ with AVX-512
+The kernels (the LSTM's, `native/lstm_cpu.cc`, the GRU's, `native/gru_cpu.cc`, and the vanilla RNN's,
+`native/rnn_cpu.cc`) are C++ with AVX-512
 intrinsics, called by XLA as FFI custom calls on XLA's own threads. They are
 compiled on first use, not at install time, because the library is built for the machine it runs on
 (`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
@@ -42,20 +43,23 @@ import jax
 import jaxlib
 
 _FOLDER = pathlib.Path(__file__).with_name("native")
-SOURCES = (_FOLDER / "lstm_cpu.cc", _FOLDER / "gru_cpu.cc")  # compiled together into one library
+# compiled together into one library
+SOURCES = (_FOLDER / "lstm_cpu.cc", _FOLDER / "gru_cpu.cc", _FOLDER / "rnn_cpu.cc")
 HEADERS = (_FOLDER / "lstm_simd.h", _FOLDER / "ffi_support.h")  # included by the sources
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward",
-           "gru_forward": "lstmjax_gru_forward", "gru_backward": "lstmjax_gru_backward"}
+           "gru_forward": "lstmjax_gru_forward", "gru_backward": "lstmjax_gru_backward",
+           "rnn_forward": "lstmjax_rnn_forward", "rnn_backward": "lstmjax_rnn_backward"}
 HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler",
-            "gru_forward": "GruForwardHandler", "gru_backward": "GruBackwardHandler"}
+            "gru_forward": "GruForwardHandler", "gru_backward": "GruBackwardHandler",
+            "rnn_forward": "RnnForwardHandler", "rnn_backward": "RnnBackwardHandler"}
 
 
 class NativeStatus(NamedTuple):
     """Whether the native kernels are in use, and why not if they are not.
 
     Attributes:
-        available: the kernels (LSTM and GRU, one library) are built, loaded and registered with XLA.
+        available: the kernels (LSTM, GRU and RNN, one library) are built, loaded and registered with XLA.
         reason: what was built and where, or why the XLA path is used instead.
     """
 
@@ -69,9 +73,9 @@ _library: ctypes.CDLL | None = None  # kept alive for as long as XLA may call it
 
 
 def native_kernel_status() -> NativeStatus:
-    """Builds (on first call) and registers the native LSTM and GRU kernels; says whether they are in use.
+    """Builds (on first call) and registers the native LSTM, GRU and RNN kernels; says whether they are in use.
 
-    `lj.unroll` calls this itself; call it to find out which path an LSTM or GRU takes on this machine
+    `lj.unroll` calls this itself; call it to find out which path an LSTM, GRU or RNN takes on this machine
     (and, on the first call, to pay the one-off build of a few seconds up front).
     """
     global _status

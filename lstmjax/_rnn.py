@@ -8,10 +8,21 @@ Equations, for input `x` and hidden state `h`:
 Back-propagating through T steps multiplies by `w_hᵀ · diag(φ'(a_t))` once per step, so the
 gradient reaching step 0 scales roughly like the T-th power of the recurrent weight: a scalar
 weight of 2 over 50 steps gives 2^50, a weight of 0.5 gives 0.5^50.
+
+`lj.unroll` runs this cell's time loops in a native CPU kernel (`lstmjax._native_rnn`) from
+`H = 4` up where it can, else on the XLA fast path (`lstmjax._fused`) from `H = 256` up, else
+step by step. The kernel's threshold was measured with `python -m experiments.native_speedup
+--families rnn` (tanh; B = 32, T = 100, D = 32; 2-core AMD EPYC, 2026-11-30; median of 7 to 15
+rounds, kernel ÷ XLA path, training step (forward only)):
+
+    H = 1: 1.85 (2.48)   H = 2: 0.93 (1.41)   H = 4: 0.81 (1.10)   H = 8: 0.72 (0.93)
+    H = 16: 0.74 (0.66)  H = 32: 0.51 (0.71)  H = 64: 0.57 (0.68)  H = 128: 0.54 (0.67)
+    H = 256: 0.57 (0.54) H = 512: 0.77 (0.73)                              -> from H = 4
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -22,6 +33,8 @@ from jax.typing import ArrayLike
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
 from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
+from lstmjax._native_rnn import MIN_HIDDEN_SIZE as NATIVE_MIN_HIDDEN_SIZE
+from lstmjax._native_rnn import native_unroll
 from lstmjax._products import recurrent_product
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -76,9 +89,11 @@ def rnn_step_with_internals(
     return h, h, RNNInternals(a=a, h=h)
 
 
-def rnn_fused(activation: Callable[[jax.Array], jax.Array]) -> FusedRecurrence:
+def rnn_fused(activation: Callable[[jax.Array], jax.Array], native: str | None = None) -> FusedRecurrence:
     """The vanilla RNN's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`):
-    `h' = φ(a)`, `dh' = φ'(a)·da`, with `φ'` from `jax.jvp` of the activation."""
+    `h' = φ(a)`, `dh' = φ'(a)·da`, with `φ'` from `jax.jvp` of the activation; and, where `native`
+    names the activation (`"tanh"`, `"relu"`, `"linear"`), its native CPU path (`lstmjax._native_rnn`),
+    which takes over from `NATIVE_MIN_HIDDEN_SIZE` up where it can run."""
 
     def forward(xz, hz, h):
         h, slope = jax.jvp(activation, (xz + hz,), (jnp.ones_like(xz),))
@@ -88,7 +103,9 @@ def rnn_fused(activation: Callable[[jax.Array], jax.Array]) -> FusedRecurrence:
         weights=lambda params: (params.w_x, params.w_h, params.b, None),
         forward=forward,
         tangent=lambda slope, dxz, dhz, dh: slope * (dxz + dhz),
-        hidden=lambda h: h, additive=True, min_hidden_size=256)
+        hidden=lambda h: h, additive=True, min_hidden_size=256,
+        native=None if native is None else functools.partial(native_unroll, activation=native),
+        native_min_hidden_size=NATIVE_MIN_HIDDEN_SIZE)
 
 
 def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "default") -> Cell:
@@ -103,6 +120,10 @@ def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "de
 
     Returns:
         An `lj.Cell` whose params are `RNNParams` and whose state is the array `h`, `(..., H)`.
+
+    In float32 on a single CPU device with the native kernel (see `lj.native_kernel_status()`),
+    `lj.unroll` runs this cell's time loops, forward and backward, in a native kernel from
+    `H = 4` up (`lstmjax._native_rnn`), with the same results to rounding as the step-by-step scan.
     """
     hidden_size = check_positive_int("hidden_size", hidden_size)
     if activation not in ACTIVATIONS:
@@ -122,4 +143,4 @@ def rnn(hidden_size: int, activation: str = "tanh", init: str | InitScheme = "de
         return rnn_step_with_internals(params, h, x, hidden_size, phi)
 
     return make_cell(f"rnn_{activation}", hidden_size, init_params, initial_state, step_with_internals,
-                     fused=rnn_fused(phi))
+                     fused=rnn_fused(phi, native=activation))

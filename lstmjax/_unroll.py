@@ -66,19 +66,19 @@ def unroll(
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
     On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
-    float32 from H = 32 and an `lj.gru` cell from H = 16, with at least one step and one sequence
-    and without `resets` (and not in `unroll_with_internals`), run both time loops (forward, and
-    backward under `jax.grad`) in a native kernel called by XLA, `lengths`, `mask` and `remat`
-    included (`lstmjax._native`, `lstmjax._native_gru`;
-    `lj.native_kernel_status()` says whether this machine has it; `LSTMJAX_NATIVE=0` in the
-    environment before the first LSTM or GRU runs turns it off). Otherwise `lj.lstm` cells from H = 128 and `lj.rnn`
-    cells from H = 256 (where it measured faster on a CPU) run on a fast path when no `resets`
-    are given: the same forward scan, with a derivative laid out so that the backward pass
-    carries only the state's cotangent and forms the weight gradients as single large matrix
+    float32 from H = 32, an `lj.gru` cell from H = 16 and an `lj.rnn` cell from H = 4, with at least
+    one step and one sequence and without `resets` (and not in `unroll_with_internals`), run both
+    time loops (forward, and backward under `jax.grad`) in a native kernel called by XLA, `lengths`,
+    `mask` and `remat` included (`lstmjax._native`, `lstmjax._native_gru`, `lstmjax._native_rnn`;
+    `lj.native_kernel_status()` says whether this machine has them; `LSTMJAX_NATIVE=0` in the
+    environment before the first such cell runs turns them off). Otherwise `lj.lstm` cells from H =
+    128 and `lj.rnn` cells from H = 256 (where it measured faster on a CPU) run on a fast path when
+    no `resets` are given: the same forward scan, with a derivative laid out so that the backward
+    pass carries only the state's cotangent and forms the weight gradients as single large matrix
     multiplies (`lstmjax._fused`). On every path, forward mode, higher derivatives, `vmap` and
-    float64 work as on the step-by-step scan of `cell.step`, which every other cell and option
-    uses, and give the same results to rounding. Called outside `jit` on a built-in cell, the scan is compiled
-    once per cell, options and shapes and reused.
+    float64 work as on the step-by-step scan of `cell.step`, which every other cell and option uses,
+    and give the same results to rounding. Called outside `jit` on a built-in cell, the scan is
+    compiled once per cell, options and shapes and reused.
     """
     final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
     return final_state, ys

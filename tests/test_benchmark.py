@@ -263,7 +263,7 @@ def test_the_lstmjax_variants_and_what_they_run(monkeypatch):
     assert list(lengths_kwargs) == ["lengths"] and lengths_kwargs["lengths"].dtype == jnp.int32
     np.testing.assert_array_equal(lengths_kwargs["lengths"], np.full(POINT.batch_size, POINT.length))
     with pytest.raises(ValueError, match="no native kernel"):
-        anchors.without_native_kernel(lj.rnn(4))
+        anchors.without_native_kernel(lj.rnn(4)._replace(fused=None))
 
 
 def test_the_xla_row_runs_without_the_kernel():

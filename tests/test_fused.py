@@ -45,7 +45,8 @@ def _always_fused(cell):
 
 
 def _on_xla(cell):
-    """The cell without the LSTM's native kernel (`lstmjax._native`, tested in test_native.py)."""
+    """The cell without its native kernel (the LSTM's `lstmjax._native`, the RNN's `lstmjax._native_rnn`,
+    tested in test_native.py and test_native_rnn.py)."""
     return cell._replace(fused=cell.fused._replace(native=None))
 
 
@@ -85,7 +86,7 @@ def test_built_in_cells_have_a_fast_path_where_it_won(name):
 
 
 @pytest.mark.parametrize("factory, threshold", [(lambda h: _on_xla(lj.lstm(h)), 128),
-                                                (lambda h: lj.rnn(h, activation="relu"), 256)])
+                                                (lambda h: _on_xla(lj.rnn(h, activation="relu")), 256)])
 def test_fast_path_switches_on_at_the_measured_size(factory, threshold, monkeypatch):
     calls = []
     original = _fused.fused_unroll

@@ -52,7 +52,7 @@ def test_two_ways_that_differ_stop_the_run(monkeypatch):
     def perturbed(cell):  # not the same computation: inputs scaled by 1.01 on the XLA side
         return cell._replace(fused=None, step_with_internals=lambda p, s, x: cell.step_with_internals(p, s, 1.01 * x))
 
-    monkeypatch.setattr(ns, "without_kernel", perturbed)
+    monkeypatch.setattr(ns, "without_native_kernel", perturbed)
     config = ns.NativeSpeedupConfig(families=("lstm",), hidden_sizes=(4,), length=3, batch_size=2, input_size=2,
                                     repeats=1, calls=1)
     with pytest.raises(AssertionError, match=r"lstm H=4 train: the native and XLA ways differ"):
