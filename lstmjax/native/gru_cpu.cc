@@ -68,7 +68,9 @@
 // Numerics: exp, sigmoid and tanh of lstm_simd.h (sigmoid 2e-7 relative, tanh 3e-7 absolute against
 // float64); h_t is formed as n + z (h_{t-1} - n). NaN propagates (the clamp in exp keeps NaN), so a
 // NaN in the inputs gives NaN in every output it affects. Overall the results differ from a float64
-// computation about as much as a plain float32 one does. Subnormals are not flushed.
+// computation about as much as a plain float32 one does.
+// The MXCSR is left as the caller set it (on XLA's threads subnormals are flushed to zero, as in
+// XLA's own kernels).
 #include <immintrin.h>
 
 #include <cstdint>

@@ -66,7 +66,9 @@
 // a NaN a (and gives -0 for a = -0); its derivative is a select on h > 0, so it is exactly 0 or dh
 // (a NaN cotangent on a unit with h <= 0 gives 0, as jax.nn.relu's derivative). NaN propagates
 // otherwise, so a NaN in the inputs gives NaN in every output it affects. Overall the results differ
-// from a float64 computation about as much as a plain float32 one does. Subnormals are not flushed.
+// from a float64 computation about as much as a plain float32 one does.
+// The MXCSR is left as the caller set it (on XLA's threads subnormals are flushed to zero, as in
+// XLA's own kernels).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -132,39 +134,25 @@ ffi::Error check_activation(const char* fn, int32_t activation) {
   return ffi::Error::Success();
 }
 
-// Packs the 32-column panels of M (rows K, ld ldm), transposed if TRANS: P[q][k][c] = M[k][q*32 + c]
-// (or M[q*32 + c][k]).
-template <bool TRANS>
+// Packs w_h (H x H) into H/32 panels of its 32 columns, P[q][k][c] = w_h[k][q*32 + c], for the
+// forward's product (the backward's transposed panels come from ffi_support.h).
 void pack_panels(ffi::ThreadPool& pool, int nt, int H, const float* M, float* P) {
-  if constexpr (!TRANS) {
-    parallel_for(pool, nt, H / 32, [&](int q) {
-      for (int k = 0; k < H; ++k) {
-        const float* src = M + (size_t)k * H + q * 32;
-        float* dst = P + ((size_t)q * H + k) * 32;
-        _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
-        _mm512_storeu_ps(dst + 16, _mm512_loadu_ps(src + 16));
-      }
-    });
-  } else {  // contiguous 16-float loads of a row, stride-32 scatters into the panel
-    const __m512i sidx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(32));
-    parallel_for(pool, nt, H / 32, [&](int q) {
-      for (int c = 0; c < 32; ++c) {
-        const float* src = M + (size_t)(q * 32 + c) * H;
-        float* dst = P + (size_t)q * H * 32 + c;
-        for (int kb = 0; kb < H; kb += 16)
-          _mm512_i32scatter_ps(dst + (size_t)kb * 32, sidx, _mm512_loadu_ps(src + kb), 4);
-      }
-    });
-  }
+  parallel_for(pool, nt, H / 32, [&](int q) {
+    for (int k = 0; k < H; ++k) {
+      const float* src = M + (size_t)k * H + q * 32;
+      float* dst = P + ((size_t)q * H + k) * 32;
+      _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+      _mm512_storeu_ps(dst + 16, _mm512_loadu_ps(src + 16));
+    }
+  });
 }
 
 // ---------------------------------------------------------------- forward
 // One row block of MR rows at step t, unit panel q: h_{t-1} @ w_h into the panel's 32 columns of
 // hs[t], then a = xz_t + that and h = phi(a) (rows whose vt entry is 0 keep their state). xz_t is
-// added after the product, not used as its accumulator's start: the partial sums stay smaller, and
-// the rounding is XLA's order (x w_x + b) + h w_h (measured: with xz as the start, relu and linear
-// cells were 2-4 times further from float64 than the XLA scan).
+// added after the product, not used as its accumulator's start: the partial sums stay smaller
+// (measured: with xz as the start, relu and linear cells were 2-4 times further from float64 than
+// the XLA scan, which adds x w_x, h w_h and b as whole products).
 template <int MR, int ACT>
 __attribute__((always_inline)) inline void rnn_fwd_block(int H, const float* xt, const uint8_t* vt, const float* hp,
                                                          const float* Wq, float* yt, int q) {
@@ -218,19 +206,17 @@ ffi::Error RnnForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xz, ffi::Buffe
   // workspace: w_h packed into H/32 panels of (H x 32): Wp[q][k][c] = w_h[k][q*32 + c]
   const size_t total = (size_t)H * H;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   const float* X = xz.typed_data();
   const uint8_t* V = valid.typed_data();
   const float* H0 = h0.typed_data();
   float* Y = hs->typed_data();
 
   const int nt = workers_for(pool, threads);
-  pack_panels<false>(pool, nt, H, wh.typed_data(), ws.p);
+  pack_panels(pool, nt, H, wh.typed_data(), ws.p);
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     switch (activation) {
       case kTanh: rnn_forward_rows<kTanh>(T, B, H, X, V, ws.p, H0, Y, r0, BR); break;
       case kRelu: rnn_forward_rows<kRelu>(T, B, H, X, V, ws.p, H0, Y, r0, BR); break;
@@ -310,9 +296,7 @@ ffi::Error RnnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   // workspace: w_h^T packed into H/32 panels of (H x 32): Wt[q][k][c] = w_h[q*32 + c][k]
   const size_t total = (size_t)H * H;
   Workspace ws(total);
-  if (!ws.p)
-    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                      std::string(fn) + ": could not allocate " + std::to_string(total * 4) + " bytes of workspace");
+  if (!ws.p) return allocation_error(fn, total);
   const float* HS = hs.typed_data();
   const uint8_t* V = valid.typed_data();
   const float* DY = ct_hs.typed_data();
@@ -320,10 +304,10 @@ ffi::Error RnnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> wh, ffi::Buff
   float* DH0 = dh0->typed_data();
 
   const int nt = workers_for(pool, threads);
-  pack_panels<true>(pool, nt, H, wh.typed_data(), ws.p);
+  pack_transposed_panels(pool, nt, wh.typed_data(), H, H, ws.p);
   parallel_for(pool, nt, nt, [&](int tid) {
-    const int nb = B / 4, rb0 = (int)((long)tid * nb / nt), rb1 = (int)((long)(tid + 1) * nb / nt);
-    const int r0 = rb0 * 4, BR = (rb1 - rb0) * 4;
+    const RowRange rows = rows_of_worker(tid, nt, B);
+    const int r0 = rows.first, BR = rows.count;
     switch (activation) {
       case kTanh: rnn_backward_rows<kTanh>(T, B, H, ws.p, HS, V, DY, DA, DH0, r0, BR); break;
       case kRelu: rnn_backward_rows<kRelu>(T, B, H, ws.p, HS, V, DY, DA, DH0, r0, BR); break;
