@@ -166,6 +166,11 @@ def _pad_units(a: jax.Array, units: int, gates: bool, blocks: int = 4) -> jax.Ar
     return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, units)]).reshape(*a.shape[:-1], -1)
 
 
+def _pad_rows(a: jax.Array, rows: int, axis: int) -> jax.Array:
+    """`a` with `rows` zero rows appended along its batch axis `axis`."""
+    return jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])
+
+
 def _pad_recurrent(w_h: jax.Array, units: int, blocks: int = 4) -> jax.Array:
     """`w_h` `(H, blocks·H)` with `units` zero units: zero rows, and zero columns in each gate block."""
     return jnp.pad(_pad_units(w_h, units, gates=True, blocks=blocks), ((0, units), (0, 0)))
@@ -205,12 +210,11 @@ def _backward_native(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
     """`lstm_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = cs.shape
     rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
-    pad_rows = lambda a, axis: jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])  # noqa: E731
     w_h = _pad_recurrent(w_h, units)
-    gates = pad_rows(_pad_units(gates, units, gates=True), 1)
-    cs, ct_ys = (pad_rows(_pad_units(a, units, gates=False), 1) for a in (cs, ct_ys))
-    c0, ct_h, ct_c = (pad_rows(_pad_units(a, units, gates=False), 0) for a in (c0, ct_h, ct_c))
-    valid = pad_rows(valid.astype(jnp.uint8), 1)
+    gates = _pad_rows(_pad_units(gates, units, gates=True), rows, 1)
+    cs, ct_ys = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (cs, ct_ys))
+    c0, ct_h, ct_c = (_pad_rows(_pad_units(a, units, gates=False), rows, 0) for a in (c0, ct_h, ct_c))
+    valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)
     shapes = [jax.ShapeDtypeStruct(gates.shape, gates.dtype), jax.ShapeDtypeStruct(c0.shape, c0.dtype),
               jax.ShapeDtypeStruct(c0.shape, c0.dtype)]
     # dz is written over gates (the kernel reads each unit's gates at step t just before writing its
@@ -406,3 +410,26 @@ def native_unroll(params, xs: jax.Array, state, reverse: bool, valid: jax.Array 
         ys = ys[::-1]
     final = type(state)(h=h_last.reshape(*batch_shape, hidden), c=c_last.reshape(*batch_shape, hidden))
     return final, ys.reshape(steps, *batch_shape, hidden)
+
+
+def unroll_over_projection(params, xs: jax.Array, state: jax.Array, reverse: bool, valid: jax.Array | None,
+                           recurrence):
+    """`(final_state, ys)` of a cell whose state is the array `h` and whose input projection
+    `xz = xs·w_x + b` is one XLA matrix multiply before its native loop (the GRU, the RNN):
+    `recurrence(xz (T, B, G), real (T, B), h0 (B, H)) -> hs (T, B, H)` runs the loop; here the batch
+    is flattened, the direction and `valid` (`(T, *batch)` bool or `None`) applied, and the outputs
+    of steps that are not real zeroed."""
+    steps, batch_shape, inputs = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
+    hidden = params.w_h.shape[0]
+    batch = int(np.prod(batch_shape, dtype=np.int64))
+    xs = xs.reshape(steps, batch, inputs)
+    real = jnp.ones((steps, batch), bool) if valid is None else valid.reshape(steps, batch)
+    if reverse:
+        xs, real = xs[::-1], real[::-1]
+    xz = (xs.reshape(steps * batch, inputs) @ params.w_x + params.b).reshape(steps, batch, -1)
+    hs = recurrence(xz, real, state.reshape(batch, hidden))
+    h_last = hs[-1]
+    ys = hs if valid is None else jnp.where(real[..., None], hs, 0)
+    if reverse:
+        ys = ys[::-1]
+    return h_last.reshape(*batch_shape, hidden), ys.reshape(steps, *batch_shape, hidden)

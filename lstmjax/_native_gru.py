@@ -48,11 +48,13 @@ from lstmjax._native import (
     _linear_jvp,
     _linear_transpose,
     _pad_recurrent,
+    _pad_rows,
     _pad_units,
     _primitive,
     _reference_jvp,
     _threads,
     _unpad,
+    unroll_over_projection,
 )
 from lstmjax._native_build import TARGETS
 
@@ -110,10 +112,6 @@ def backward_reference(w_h, gates, hn, hs, h0, valid, ct_hs):
 
 
 # ---------------------------------------------------------------- the kernel's calls (padded)
-
-def _pad_rows(a, rows, axis):
-    return jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])
-
 
 def _forward_native(xz, valid, w_h, b_hn, h0, *, save):
     """`gru_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
@@ -224,17 +222,5 @@ def native_unroll(params, xs: jax.Array, state: jax.Array, reverse: bool, valid:
     """`(final_state, ys)` of a GRU (`lj.GRUParams`, state the array `h`) over `xs` `(T, *batch, D)`;
     `valid` (`(T, *batch)` bool, or `None` for all steps real) as in `lj.unroll`: a step that is not
     real holds the state and outputs zeros."""
-    steps, batch_shape, inputs = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
-    hidden = params.w_h.shape[0]
-    batch = int(np.prod(batch_shape, dtype=np.int64))
-    xs = xs.reshape(steps, batch, inputs)
-    real = jnp.ones((steps, batch), bool) if valid is None else valid.reshape(steps, batch)
-    if reverse:
-        xs, real = xs[::-1], real[::-1]
-    xz = (xs.reshape(steps * batch, inputs) @ params.w_x + params.b).reshape(steps, batch, 3 * hidden)
-    hs = _sequence(params.w_h, params.b_hn, xz, real, state.reshape(batch, hidden))
-    h_last = hs[-1]
-    ys = hs if valid is None else jnp.where(real[..., None], hs, 0)
-    if reverse:
-        ys = ys[::-1]
-    return h_last.reshape(*batch_shape, hidden), ys.reshape(steps, *batch_shape, hidden)
+    return unroll_over_projection(params, xs, state, reverse, valid,
+                                  lambda xz, real, h0: _sequence(params.w_h, params.b_hn, xz, real, h0))

@@ -52,11 +52,13 @@ from lstmjax._native import (
     _linear_jvp,
     _linear_transpose,
     _pad_recurrent,
+    _pad_rows,
     _pad_units,
     _primitive,
     _reference_jvp,
     _threads,
     _unpad,
+    unroll_over_projection,
 )
 from lstmjax._native_build import TARGETS
 
@@ -113,10 +115,6 @@ def backward_reference(w_h, hs, valid, ct_hs, *, activation):
 
 
 # ---------------------------------------------------------------- the kernel's calls (padded)
-
-def _pad_rows(a, rows, axis):
-    return jnp.pad(a, [(0, rows) if i == axis else (0, 0) for i in range(a.ndim)])
-
 
 def _forward_native(xz, valid, w_h, h0, *, activation):
     """`rnn_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
@@ -216,17 +214,5 @@ def native_unroll(params, xs: jax.Array, state: jax.Array, reverse: bool, valid:
     real) as in `lj.unroll`: a step that is not real holds the state and outputs zeros."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    steps, batch_shape, inputs = xs.shape[0], xs.shape[1:-1], xs.shape[-1]
-    hidden = params.w_h.shape[0]
-    batch = int(np.prod(batch_shape, dtype=np.int64))
-    xs = xs.reshape(steps, batch, inputs)
-    real = jnp.ones((steps, batch), bool) if valid is None else valid.reshape(steps, batch)
-    if reverse:
-        xs, real = xs[::-1], real[::-1]
-    xz = (xs.reshape(steps * batch, inputs) @ params.w_x + params.b).reshape(steps, batch, hidden)
-    hs = _sequence(activation, params.w_h, xz, real, state.reshape(batch, hidden))
-    h_last = hs[-1]
-    ys = hs if valid is None else jnp.where(real[..., None], hs, 0)
-    if reverse:
-        ys = ys[::-1]
-    return h_last.reshape(*batch_shape, hidden), ys.reshape(steps, *batch_shape, hidden)
+    return unroll_over_projection(params, xs, state, reverse, valid,
+                                  lambda xz, real, h0: _sequence(activation, params.w_h, xz, real, h0))
