@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_trees_all_close
-from test_native import _in_float64, _ops, _options, assert_as_accurate_as_xla
+from test_native import _loss, _ops, _options, _xla, check_native_accuracy
 
 import lstmjax as lj
 from lstmjax import _native_gru
@@ -35,19 +35,6 @@ def _problem(steps, batch_shape, inputs, hidden, seed=0):
     return cell, params, xs, state
 
 
-def _xla(cell):
-    """The same cell on the XLA step-by-step scan."""
-    return cell._replace(fused=None)
-
-
-def _loss(cell, reverse=False, **options):
-    """Depends nonlinearly on every output and on the final state."""
-    def loss(params, xs, state):
-        final, ys = lj.unroll(cell, params, xs, state, reverse=reverse, **options)
-        return jnp.sum(jnp.sin(3.0 * ys)) + jnp.sum(jnp.cos(2.0 * final))
-    return loss
-
-
 SHAPES = {
     "B20_H64": (12, (20,), 16, 64),  # 5 row blocks: an uneven split over the workers
     "B3_H40_padded": (9, (3,), 5, 40),
@@ -68,12 +55,7 @@ def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
     shape = SHAPES[case.split("-")[0]]
     cell, params, xs, state = _problem(*shape)
     options = _options(kinds, shape[0], shape[1])
-    unroll = lambda c: (lambda *a: lj.unroll(c, *a, reverse=reverse, **options))  # noqa: E731
-    gradient = lambda c: jax.grad(_loss(c, reverse, **options), argnums=(0, 1, 2))  # noqa: E731
-    assert "gru_forward" in _ops(unroll(cell), params, xs, state)
-    for function in (unroll, gradient):
-        assert_as_accurate_as_xla(jax.jit(function(cell))(params, xs, state), function(_xla(cell))(params, xs, state),
-                                  _in_float64(function(_xla(cell)), params, xs, state))
+    check_native_accuracy(cell, params, xs, state, reverse, options, "gru_forward")
 
 
 def test_the_gradient_runs_the_backward_kernel_and_no_loop():

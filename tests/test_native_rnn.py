@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_trees_all_close
-from test_native import _in_float64, _ops, _options, assert_as_accurate_as_xla
+from test_native import _in_float64, _loss, _ops, _options, _xla, assert_as_accurate_as_xla, check_native_accuracy
 
 import lstmjax as lj
 from lstmjax import _fused, _native_rnn
@@ -34,19 +34,6 @@ def _problem(steps, batch_shape, inputs, hidden, activation="tanh", seed=0):
     xs = jax.random.normal(keys[1], (steps, *batch_shape, inputs))
     state = 0.5 * jax.random.normal(keys[2], (*batch_shape, hidden))
     return cell, params, xs, state
-
-
-def _xla(cell):
-    """The same cell on the XLA step-by-step scan."""
-    return cell._replace(fused=None)
-
-
-def _loss(cell, reverse=False, **options):
-    """Depends nonlinearly on every output and on the final state."""
-    def loss(params, xs, state):
-        final, ys = lj.unroll(cell, params, xs, state, reverse=reverse, **options)
-        return jnp.sum(jnp.sin(3.0 * ys)) + jnp.sum(jnp.cos(2.0 * final))
-    return loss
 
 
 SHAPES = {
@@ -73,12 +60,7 @@ def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
     shape = SHAPES[name]
     cell, params, xs, state = _problem(*shape, activation=activation)
     options = _options(kinds, shape[0], shape[1])
-    unroll = lambda c: (lambda *a: lj.unroll(c, *a, reverse=reverse, **options))  # noqa: E731
-    gradient = lambda c: jax.grad(_loss(c, reverse, **options), argnums=(0, 1, 2))  # noqa: E731
-    assert "rnn_forward" in _ops(unroll(cell), params, xs, state)
-    for function in (unroll, gradient):
-        assert_as_accurate_as_xla(jax.jit(function(cell))(params, xs, state), function(_xla(cell))(params, xs, state),
-                                  _in_float64(function(_xla(cell)), params, xs, state))
+    check_native_accuracy(cell, params, xs, state, reverse, options, "rnn_forward")
 
 
 def test_the_gradient_runs_the_backward_kernel_and_no_loop():
