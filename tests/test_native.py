@@ -123,14 +123,18 @@ def check_native_accuracy(cell, params, xs, state, reverse, options, primitive):
 
 
 def test_the_gradient_runs_the_backward_kernel_and_no_loop():
-    """Under `jax.grad` both time loops are the kernel's: the compiled program has no while loop."""
-    cell, params, xs, state = _problem(*SHAPES["B20_H128"])
+    check_gradient_runs_both_kernels(*_problem(*SHAPES["B20_H128"]), "lstm")
+
+
+def check_gradient_runs_both_kernels(cell, params, xs, state, family):
+    """Under `jax.grad` both time loops are the kernel's (the compiled program has no while loop), and
+    the backward writes its result over a saved buffer of the same shape (no new `(T, B, ·)` buffer)."""
     ops = _ops(jax.grad(_loss(cell)), params, xs, state)
-    assert {"lstm_forward", "lstm_backward"} <= ops and "scan" not in ops, ops
+    assert {f"{family}_forward", f"{family}_backward"} <= ops and "scan" not in ops, ops
     hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
-    assert "lstmjax_lstm_backward" in hlo and "while" not in hlo
-    backward = next(line for line in hlo.splitlines() if "@lstmjax_lstm_backward" in line)
-    assert "output_operand_aliases" in backward, "dz must be written over the saved gates (no new (T, B, 4H) buffer)"
+    assert f"lstmjax_{family}_backward" in hlo and "while" not in hlo
+    backward = next(line for line in hlo.splitlines() if f"@lstmjax_{family}_backward" in line)
+    assert "output_operand_aliases" in backward, "the backward must write over an input, not a new buffer"
 
 
 def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
@@ -180,16 +184,22 @@ def test_vmap_over_data_folds_into_the_kernel_and_over_weights_maps_it():
 
 
 def test_an_empty_vmap_axis_disable_jit_and_export_work_as_on_xla():
-    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
-    none = jnp.zeros((0, *xs.shape))
-    final, ys = jax.vmap(lambda x: lj.unroll(cell, params, x, state))(none)
-    assert ys.shape == (0, *xs.shape[:-1], 40) and final.c.shape == (0, 3, 40)
+    check_empty_vmap_disable_jit_and_export(*_problem(*SHAPES["B3_H40_padded"]), "lstm")
+
+
+def check_empty_vmap_disable_jit_and_export(cell, params, xs, state, family):
+    """An empty `vmap` axis, `jax.disable_jit()` and `jax.export` (which must not carry this machine's
+    custom call) all work, with the XLA scan's results."""
+    final, ys = jax.vmap(lambda x: lj.unroll(cell, params, x, state))(jnp.zeros((0, *xs.shape)))
+    shape = (0, *xs.shape[1:-1], cell.hidden_size)
+    assert ys.shape == (0, xs.shape[0], *shape[1:])
+    assert all(leaf.shape == shape for leaf in jax.tree_util.tree_leaves(final))
     with jax.disable_jit():
         assert_trees_all_close(lj.unroll(cell, params, xs, state), lj.unroll(_xla(cell), params, xs, state),
                                rtol=1e-5, atol=1e-6)
     function = jax.jit(lambda p, x: lj.unroll(cell, p, x, state))
     exported = jax.export.export(function)(params, xs)
-    assert "lstmjax_lstm" not in exported.mlir_module(), "a machine-specific custom call must not be exported"
+    assert f"lstmjax_{family}" not in exported.mlir_module(), "a machine-specific custom call must not be exported"
     assert_trees_all_close(exported.call(params, xs), function(params, xs), rtol=1e-5, atol=1e-6)
 
 
@@ -202,14 +212,19 @@ def test_nan_inputs_give_nan_outputs():
 
 
 def test_remat_runs_one_kernel_pair_per_chunk_with_the_plain_gradient():
-    cell, params, xs, state = _problem(*SHAPES["B20_H128"])
+    check_remat_per_chunk(*_problem(*SHAPES["B20_H128"]), "lstm", chunk=3)
+
+
+def check_remat_per_chunk(cell, params, xs, state, family, chunk):
+    """With `remat=chunk` and `lengths`: the forward scan (no saving), its recomputation under the
+    checkpoint (saving) and the backward are each one custom call inside a loop over the chunks, and
+    the gradient equals the plain mode's."""
     lengths = _options("lengths", xs.shape[0], xs.shape[1:-1])["lengths"]
     plain = jax.jit(jax.grad(_loss(cell, lengths=lengths)))(params, xs, state)
-    chunked = jax.jit(jax.grad(_loss(cell, lengths=lengths, remat=3)))
+    chunked = jax.jit(jax.grad(_loss(cell, lengths=lengths, remat=chunk)))
     hlo = chunked.lower(params, xs, state).as_text()
-    # the forward scan (no saving), its recomputation under the checkpoint (saving) and the backward:
-    # each one custom call inside a loop over the ceil(20 / 3) chunks
-    assert hlo.count("lstmjax_lstm_forward") == 2 and hlo.count("lstmjax_lstm_backward") == 1 and "while" in hlo
+    assert hlo.count(f"lstmjax_{family}_forward") == 2 and hlo.count(f"lstmjax_{family}_backward") == 1
+    assert "while" in hlo
     assert_trees_all_close(chunked(params, xs, state), plain, rtol=1e-4, atol=2e-5)
 
 

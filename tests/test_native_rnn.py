@@ -13,7 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import assert_trees_all_close
-from test_native import _in_float64, _loss, _ops, _options, _xla, assert_as_accurate_as_xla, check_native_accuracy
+from test_native import (
+    _in_float64,
+    _loss,
+    _ops,
+    _options,
+    _xla,
+    assert_as_accurate_as_xla,
+    check_empty_vmap_disable_jit_and_export,
+    check_gradient_runs_both_kernels,
+    check_native_accuracy,
+    check_remat_per_chunk,
+)
 
 import lstmjax as lj
 from lstmjax import _fused, _native_rnn
@@ -64,13 +75,7 @@ def test_native_path_is_as_accurate_as_the_xla_scan_with_gradients(case):
 
 
 def test_the_gradient_runs_the_backward_kernel_and_no_loop():
-    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
-    ops = _ops(jax.grad(_loss(cell)), params, xs, state)
-    assert {"rnn_forward", "rnn_backward"} <= ops and "scan" not in ops, ops
-    hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
-    assert "lstmjax_rnn_backward" in hlo and "while" not in hlo
-    backward = next(line for line in hlo.splitlines() if "@lstmjax_rnn_backward" in line)
-    assert "output_operand_aliases" in backward, "da must be written over ct_hs (no new (T, B, H) buffer)"
+    check_gradient_runs_both_kernels(*_problem(*SHAPES["B3_H40_padded"]), "rnn")
 
 
 def test_relu_at_zero_has_jaxs_zero_derivative():
@@ -126,14 +131,8 @@ def test_vmap_over_data_folds_into_the_kernel_and_over_weights_maps_it():
                            rtol=1e-4, atol=2e-5)
 
 
-def test_an_empty_vmap_axis_and_export_work_as_on_xla():
-    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
-    final, ys = jax.vmap(lambda x: lj.unroll(cell, params, x, state))(jnp.zeros((0, *xs.shape)))
-    assert ys.shape == (0, *xs.shape[:-1], 40) and final.shape == (0, 3, 40)
-    function = jax.jit(lambda p, x: lj.unroll(cell, p, x, state))
-    exported = jax.export.export(function)(params, xs)
-    assert "lstmjax_rnn" not in exported.mlir_module(), "a machine-specific custom call must not be exported"
-    assert_trees_all_close(exported.call(params, xs), function(params, xs), rtol=1e-5, atol=1e-6)
+def test_an_empty_vmap_axis_disable_jit_and_export_work_as_on_xla():
+    check_empty_vmap_disable_jit_and_export(*_problem(*SHAPES["B3_H40_padded"]), "rnn")
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "linear"])
@@ -152,13 +151,7 @@ def test_nan_inputs_give_nan_outputs_and_gradients(activation):
 
 
 def test_remat_runs_one_kernel_pair_per_chunk_with_the_plain_gradient():
-    cell, params, xs, state = _problem(*SHAPES["B20_H64"])
-    lengths = _options("lengths", xs.shape[0], xs.shape[1:-1])["lengths"]
-    plain = jax.jit(jax.grad(_loss(cell, lengths=lengths)))(params, xs, state)
-    chunked = jax.jit(jax.grad(_loss(cell, lengths=lengths, remat=5)))
-    hlo = chunked.lower(params, xs, state).as_text()
-    assert hlo.count("lstmjax_rnn_forward") == 2 and hlo.count("lstmjax_rnn_backward") == 1 and "while" in hlo
-    assert_trees_all_close(chunked(params, xs, state), plain, rtol=1e-4, atol=2e-5)
+    check_remat_per_chunk(*_problem(*SHAPES["B20_H64"]), "rnn", chunk=5)
 
 
 @pytest.mark.parametrize("case", ["float64", "resets", "below_threshold", "with_internals", "gru"])
