@@ -18,6 +18,7 @@ from test_native import (
     _options,
     _xla,
     check_empty_vmap_disable_jit_and_export,
+    check_forward_mode_and_second_derivatives,
     check_gradient_runs_both_kernels,
     check_native_accuracy,
     check_remat_per_chunk,
@@ -72,22 +73,7 @@ def test_the_gradient_runs_the_backward_kernel_and_no_loop():
 
 
 def test_forward_mode_and_second_derivatives_equal_the_xla_scan():
-    """With a mask (held steps hold their tangents too)."""
-    cell, params, xs, state = _problem(*SHAPES["B3_H40_padded"])
-    options = _options("mask", xs.shape[0], xs.shape[1:-1])
-    tangents = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.PRNGKey(7), a.shape), (params, xs, state))
-    unroll = lambda c: (lambda p, x, s: lj.unroll(c, p, x, s, **options))  # noqa: E731
-    assert_trees_all_close(jax.jvp(unroll(cell), (params, xs, state), tangents),
-                           jax.jvp(unroll(_xla(cell)), (params, xs, state), tangents), rtol=1e-4, atol=2e-5)
-
-    def hvp(c):  # forward over reverse
-        return jax.jvp(lambda p: jax.grad(_loss(c, **options))(p, xs, state), (params,), (tangents[0],))[1]
-
-    def reverse_over_reverse(c):
-        return jax.grad(lambda p: jnp.sum(jax.grad(_loss(c, **options))(p, xs, state).w_h ** 2))(params)
-
-    for second in (hvp, reverse_over_reverse):
-        assert_trees_all_close(second(cell), second(_xla(cell)), rtol=1e-3, atol=1e-4)
+    check_forward_mode_and_second_derivatives(*_problem(*SHAPES["B3_H40_padded"]), reverse_over_forward=False)
 
 
 def test_vmap_over_data_folds_into_the_kernel_and_over_weights_maps_it():
