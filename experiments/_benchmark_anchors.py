@@ -13,10 +13,16 @@ benchmark can check that every anchor's loss and gradient equal lstmjax's before
 * Haiku `hk.LSTM(H)` with `hk.dynamic_unroll`: one `hk.Linear` on `concat([x, h])`, so
   `w = concat([w_x, w_h]): (D + H, 4H)`, gate blocks in the order **i, g, f, o**, and `hk.LSTM`
   adds 1 to the forget gate's pre-activation inside the step, so its bias is `b_f - 1`.
-* PyTorch `nn.LSTM(D, H)` (time-major, float32, CPU): `lj.to_torch` (`weight_ih = w_x.T`,
+* PyTorch `nn.LSTM(D, H)` (time-major, float32): `lj.to_torch` (`weight_ih = w_x.T`,
   `bias_ih = b`, `bias_hh = 0`); the gradient of `b` is the gradient of `bias_ih`. On a CPU, PyTorch
   runs the whole sequence in oneDNN's fused RNN primitive when it can (`torch.backends.mkldnn`);
-  `torch_no_onednn` is the same module with oneDNN switched off, PyTorch's step-by-step path.
+  `torch_no_onednn` is the same module with oneDNN switched off, PyTorch's step-by-step path. When
+  JAX runs on a GPU, `torch` runs on CUDA (cuDNN's RNN) and `torch_no_onednn` is skipped.
+* `jax.experimental.rnn.lstm` (`jax_cudnn`, GPU only: cuDNN's RNN through JAX, batch-major):
+  one flat weight vector in cuDNN's layout, `[W_ih (4H, D), W_hh (4H, H), b_ih (4H,), b_hh (4H,)]`
+  raveled, with `W_ih = w_x.T`, `W_hh = w_h.T`, `b_ih = b`, `b_hh = 0` (gate order i, f, g, o, as
+  PyTorch's). Off a GPU it is skipped; `cudnn_anchor(reference=True)` runs the same weights through
+  `jax.experimental.rnn.lstm_ref` instead (any backend), which is how the layout is tested on a CPU.
 
 A JAX anchor is a `JaxAnchor` (`convert`, a pure `loss(anchor_params, xs)`, `grads_to_lstmjax`):
 the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. lstmjax is
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +47,7 @@ import numpy as np
 
 import lstmjax as lj
 
-ANCHORS = ("flax", "equinox", "haiku", "torch", "torch_no_onednn")
+ANCHORS = ("flax", "equinox", "haiku", "torch", "torch_no_onednn", "jax_cudnn")
 """Names of the other libraries, in the order they are reported."""
 
 LABELS = {
@@ -50,13 +57,27 @@ LABELS = {
     "haiku": "Haiku hk.LSTM + dynamic_unroll",
     "torch": "PyTorch nn.LSTM (CPU)",
     "torch_no_onednn": "PyTorch nn.LSTM (CPU), oneDNN off",
+    "jax_cudnn": "jax.experimental.rnn.lstm (cuDNN)",
 }
+
+GPU_LABELS = {"torch": "PyTorch nn.LSTM (CUDA, cuDNN)"}
+"""Labels that change when the benchmark runs on a GPU (`label(name)`)."""
 
 TORCH_ANCHORS = {"torch": True, "torch_no_onednn": False}
 """The PyTorch anchors, each with whether oneDNN (`torch.backends.mkldnn`) is left on."""
 
 _MODULES = {"flax": ("flax.linen",), "equinox": ("equinox",), "haiku": ("haiku",), "torch": ("torch",),
-            "torch_no_onednn": ("torch",)}
+            "torch_no_onednn": ("torch",), "jax_cudnn": ("jax.experimental.rnn",)}
+
+
+def on_gpu() -> bool:
+    """Whether JAX's default backend is a GPU: then every JAX library runs there, and so does PyTorch."""
+    return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def label(name: str) -> str:
+    """What library `name` runs, for the tables and plots, on this run's backend."""
+    return GPU_LABELS.get(name, LABELS[name]) if on_gpu() else LABELS[name]
 
 
 def loss_of_outputs(ys: jax.Array) -> jax.Array:
@@ -64,10 +85,39 @@ def loss_of_outputs(ys: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(ys))
 
 
+GPU_PRECISIONS = {"float32": "highest", "tf32": "tensorfloat32"}
+"""`--gpu-precision` choices, each with the `jax_default_matmul_precision` it sets."""
+
+
+def use_gpu_matmul_precision(precision: str) -> dict[str, Any]:
+    """Sets the precision of every library's float32 matrix products on a GPU, for the whole process:
+    `"float32"` (JAX `"highest"`, PyTorch's `torch.backends.cuda.matmul.allow_tf32` and
+    `torch.backends.cudnn.allow_tf32` off; cuDNN's RNN through JAX follows JAX's setting) or `"tf32"`
+    (TF32 allowed in all of them). Left to themselves they differ: JAX and cuDNN's RNN in PyTorch
+    allow TF32 by default, PyTorch's matmuls do not. Returns what was set."""
+    if precision not in GPU_PRECISIONS:
+        raise ValueError(f"gpu_precision must be one of {tuple(GPU_PRECISIONS)}, got {precision!r}")
+    jax.config.update("jax_default_matmul_precision", GPU_PRECISIONS[precision])
+    applied: dict[str, Any] = {"precision": precision, "jax_default_matmul_precision": GPU_PRECISIONS[precision]}
+    try:
+        import torch
+    except ImportError:
+        return applied
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    applied.update(torch_cuda_matmul_allow_tf32=allow, torch_cudnn_allow_tf32=allow)
+    return applied
+
+
 def unavailable(name: str) -> str | None:
     """`None` if library `name` imports, else why not (`"not installed: ..."` or the import error)."""
     if name == "lstmjax":
         return None
+    if name == "torch_no_onednn" and on_gpu():
+        return f"oneDNN is PyTorch's CPU path, and this run is on JAX's {jax.default_backend()} backend"
+    if name == "jax_cudnn" and not on_gpu():
+        return f"needs a GPU (cuDNN's RNN); JAX's backend here is {jax.default_backend()}"
     for module in _MODULES[name]:
         try:
             importlib.import_module(module)
@@ -76,6 +126,10 @@ def unavailable(name: str) -> str | None:
                 " and torch (see the README)" if name in TORCH_ANCHORS else "")
         except Exception as error:  # a library broken against this JAX: report it, benchmark the others
             return f"import failed: {type(error).__name__}: {error}"
+    if name == "torch" and on_gpu():
+        import torch
+        if not torch.cuda.is_available():
+            return "this PyTorch has no CUDA device, and JAX runs on a GPU: they would not be compared on one device"
     return None
 
 
@@ -239,8 +293,50 @@ def haiku_anchor() -> JaxAnchor:
     return JaxAnchor("haiku", convert, loss, grads_to_lstmjax)
 
 
+def _cudnn_hidden_size(weight_count: int, input_size: int) -> int:
+    """H of a one-layer LSTM with `weight_count = 4H·D + 4H·H + 8H` weights in cuDNN's flat vector."""
+    b = 4 * input_size + 8  # 4H² + bH - n = 0
+    root = math.isqrt(b * b + 16 * weight_count)
+    if root * root != b * b + 16 * weight_count or (root - b) % 8:
+        raise ValueError(f"{weight_count} weights are no one-layer LSTM over {input_size} inputs")
+    return (root - b) // 8
+
+
+def cudnn_anchor(reference: bool = False) -> JaxAnchor:
+    """`jax.experimental.rnn.lstm`: cuDNN's fused RNN (forward and backward through time), through JAX;
+    GPU only. `reference=True`: `jax.experimental.rnn.lstm_ref` on the same flat weights instead, a
+    `lax.scan` that runs anywhere (to test the layout off a GPU). The precision of its products follows
+    `jax_default_matmul_precision` (cuDNN allows TF32 unless it is `"highest"`)."""
+    from jax.experimental import rnn
+
+    def convert(params: lj.LSTMParams) -> jax.Array:
+        w_x, w_h, b = (jnp.asarray(a, jnp.float32) for a in params)
+        return jnp.concatenate([w_x.T.ravel(), w_h.T.ravel(), b, jnp.zeros_like(b)])
+
+    def loss(weights: jax.Array, xs: jax.Array) -> jax.Array:
+        _, batch, input_size = xs.shape
+        hidden_size = _cudnn_hidden_size(weights.shape[0], input_size)
+        x = jnp.swapaxes(xs, 0, 1)  # (B, T, D): cuDNN's LSTM is batch-major
+        zeros = jnp.zeros((1, batch, hidden_size), xs.dtype)
+        lengths = jnp.full((batch,), xs.shape[0], jnp.int32)
+        sizes = dict(input_size=input_size, hidden_size=hidden_size, num_layers=1, dropout=0.0, bidirectional=False)
+        if reference:
+            w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(weights, input_size, hidden_size, 1, False)
+            ys, _, _ = rnn.lstm_ref(x, zeros, zeros, w_ih, w_hh, b_ih, b_hh, lengths, **sizes)
+        else:
+            ys, _, _ = rnn.lstm(x, zeros, zeros, weights, lengths, **sizes)
+        return loss_of_outputs(ys)
+
+    def grads_to_lstmjax(grads: jax.Array, hidden_size: int) -> lj.LSTMParams:
+        input_size = (grads.shape[0] - 4 * hidden_size * (hidden_size + 2)) // (4 * hidden_size)
+        w_ih, w_hh, b_ih, _ = rnn.unpack_lstm_weights(grads, input_size, hidden_size, 1, False)
+        return lj.LSTMParams(w_x=w_ih[0].T, w_h=w_hh[0].T, b=b_ih[0])
+
+    return JaxAnchor("jax_cudnn", convert, loss, grads_to_lstmjax)
+
+
 JAX_ANCHORS: dict[str, Callable[[], JaxAnchor]] = {
-    "flax": flax_anchor, "equinox": equinox_anchor, "haiku": haiku_anchor}
+    "flax": flax_anchor, "equinox": equinox_anchor, "haiku": haiku_anchor, "jax_cudnn": cudnn_anchor}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,37 +357,45 @@ class TorchRun:
 
 
 class TorchAnchor:
-    """PyTorch's `nn.LSTM(D, H)` on the CPU, float32, time-major like `xs`."""
+    """PyTorch's `nn.LSTM(D, H)`, float32, time-major like `xs`, on the CPU or on a CUDA device."""
 
     @staticmethod
-    def prepare(params: lj.LSTMParams, xs: np.ndarray, threads: int, onednn: bool = True) -> TorchRun:
-        """Builds the module with `lj.to_torch(params)` and the closures `TorchRun` describes; with
-        `onednn=False` every call runs under `torch.backends.mkldnn.flags(enabled=False)`."""
+    def prepare(params: lj.LSTMParams, xs: np.ndarray, threads: int, onednn: bool = True,
+                device: str = "cpu") -> TorchRun:
+        """Builds the module with `lj.to_torch(params)` on `device` (`"cpu"` or `"cuda"`) and the closures
+        `TorchRun` describes; with `onednn=False` every call runs under `torch.backends.mkldnn.flags(enabled=False)`.
+        On CUDA each call ends with `torch.cuda.synchronize()`, so that it returns when the GPU is done
+        (as `block_until_ready` does for JAX)."""
         import torch
 
         torch.set_num_threads(threads)
         input_size, hidden_size = params.w_x.shape[0], params.w_h.shape[0]
         module = torch.nn.LSTM(input_size, hidden_size)
         module.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in lj.to_torch(params).items()})
-        x = torch.from_numpy(np.array(xs, np.float32))
+        module = module.to(device)
+        x = torch.from_numpy(np.array(xs, np.float32)).to(device)
+        finish = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
         def forward():
             with torch.no_grad():
                 ys, _ = module(x)
-                return torch.mean(torch.square(ys))
+                loss = torch.mean(torch.square(ys))
+            finish()
+            return loss
 
         def train():
             module.zero_grad(set_to_none=True)
             ys, _ = module(x)
             loss = torch.mean(torch.square(ys))
             loss.backward()
+            finish()
             return loss
 
         def loss_and_grads(loss) -> tuple[float, lj.LSTMParams]:
-            grads = lj.LSTMParams(w_x=module.weight_ih_l0.grad.numpy().T.copy(),
-                                  w_h=module.weight_hh_l0.grad.numpy().T.copy(),
-                                  b=module.bias_ih_l0.grad.numpy().copy())
-            return float(loss.detach()), grads
+            grad = lambda p: p.grad.detach().cpu().numpy()  # noqa: E731
+            grads = lj.LSTMParams(w_x=grad(module.weight_ih_l0).T.copy(), w_h=grad(module.weight_hh_l0).T.copy(),
+                                  b=grad(module.bias_ih_l0).copy())
+            return float(loss.detach().cpu()), grads
 
         if not onednn:
             forward, train = _without_onednn(forward), _without_onednn(train)

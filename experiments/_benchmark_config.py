@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from experiments import _benchmark_anchors as anchors
 from experiments._config_checks import check_int
@@ -53,6 +53,8 @@ class BenchmarkConfig:
         rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
             relative to the largest magnitude of lstmjax's leaf.
         torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
+        gpu_precision: on a GPU, the precision of every library's float32 matrix products: float32 (JAX's
+            "highest", PyTorch's TF32 switches off) or tf32 (TF32 allowed in all); ignored on a CPU.
         tune_allocator: call lj.tune_cpu_allocator() first (glibc: a step's temporaries are kept for the next
             call instead of page-faulted in again); it applies to every library in the process.
         pause_ms: sleep before each timed call, so that the worker threads of the previous call (XLA's,
@@ -62,7 +64,8 @@ class BenchmarkConfig:
         memory_batch_size: batch size of the memory measurement.
         memory_input_size: input size of the memory measurement.
         memory_hidden_size: hidden units of the memory measurement.
-        memory_anchors: JAX libraries measured for memory besides lstmjax (flax, equinox, haiku), or none.
+        memory_anchors: JAX libraries measured for memory besides lstmjax (flax, equinox, haiku, jax_cudnn; one
+            that cannot run here is left out), or none.
         remat_values: values v for lj.unroll(..., remat=v), as Python literals, if lj.unroll has a remat
             parameter; default: True.
         lstmjax_variants: extra lstmjax rows, on both workloads: xla (the LSTM's native CPU kernel switched
@@ -81,6 +84,7 @@ class BenchmarkConfig:
     seed: int = 0
     rtol: float = 1e-4
     torch_threads: int | None = None
+    gpu_precision: Literal["float32", "tf32"] = "float32"
     tune_allocator: bool = False
     pause_ms: float = 20.0
     peak_sizes: tuple[int, ...] = (1024, 2048)
@@ -88,7 +92,7 @@ class BenchmarkConfig:
     memory_batch_size: int = 8
     memory_input_size: int = 32
     memory_hidden_size: int = 128
-    memory_anchors: tuple[str, ...] = ("flax", "equinox", "haiku")
+    memory_anchors: tuple[str, ...] = ("flax", "equinox", "haiku", "jax_cudnn")
     remat_values: tuple[str, ...] = ()
     lstmjax_variants: tuple[str, ...] = LSTMJAX_VARIANTS
     results_dir: str = "results"
@@ -100,6 +104,9 @@ class BenchmarkConfig:
         for name in ("warmup", "repeats", "memory_batch_size", "memory_input_size", "memory_hidden_size"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed + 1, 1)
+        if self.gpu_precision not in anchors.GPU_PRECISIONS:
+            raise ValueError(f"gpu_precision must be one of {', '.join(anchors.GPU_PRECISIONS)}, "
+                             f"got {self.gpu_precision!r}")
         if self.torch_threads is not None:
             check_int("torch_threads", self.torch_threads, 1)
         for name in ("peak_sizes", "memory_lengths"):

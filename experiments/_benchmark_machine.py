@@ -54,6 +54,7 @@ def machine() -> dict[str, Any]:
     return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
             "platform": platform.platform(), "python": platform.python_version(),
             "jax_backend": jax.default_backend(), "jax_device": str(jax.devices()[0]),
+            "jax_device_kind": jax.devices()[0].device_kind,
             "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": _versions(),
             "allocator_environment": {k: v for k, v in os.environ.items()
                                       if k.startswith("MALLOC_") or k == "LD_PRELOAD"}}

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from experiments._results import read_json, save_figure_atomic
 
 COLORS = {"lstmjax": "tab:blue", "flax": "tab:orange", "equinox": "tab:green", "haiku": "tab:red",
-          "torch": "tab:purple", "torch_no_onednn": "tab:pink"}
+          "torch": "tab:purple", "torch_no_onednn": "tab:pink", "jax_cudnn": "tab:brown"}
 VARIANT_HATCHES = ("//", "..", "xx", "\\\\", "++", "oo")
 """Hatches of lstmjax's extra rows (`lstmjax[...]`) in times.png, in the order of metrics.json's libraries."""
 VARIANT_LINESTYLES = ("--", "-.", (0, (5, 2, 1, 2, 1, 2)), (0, (8, 3)))
@@ -69,7 +69,9 @@ def summary(metrics: Mapping) -> dict:
                    for length, peak_bytes in zip(row["lengths"], row["peak_bytes"])]
     m = metrics["machine"]
     return {
-        "machine": f"{m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} in all), {m['jax_device']}",
+        "machine": f"{m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} in all), {m['jax_device']}"
+                   + (f" ({m['jax_device_kind']}, float32 products at {m['gpu_matmul_precision']['precision']})"
+                      if m.get("gpu_matmul_precision") else ""),
         "load_average_start": m["load_average_start"], "load_average_end": m["load_average_end"],
         "allocator": allocator_label(m),
         "versions": {k: v for k, v in m["versions"].items() if v},

@@ -20,6 +20,12 @@ primitive) and `torch_no_onednn`, the same module with oneDNN switched off (its 
 path). `--tune-allocator` calls `lj.tune_cpu_allocator()` before anything runs; it applies to
 every library in the process, and `metrics.json` records it with the `MALLOC_*` environment.
 
+On a GPU (JAX's default backend; install JAX's CUDA wheels and a CUDA build of PyTorch) every JAX
+library runs there, `torch` runs on CUDA (cuDNN's RNN), `torch_no_onednn` and `lstmjax[xla]` are
+skipped, and `jax_cudnn` adds cuDNN's RNN through JAX (`jax.experimental.rnn.lstm`). Every library's
+float32 products run at `--gpu-precision` (default `float32`: no TF32 anywhere; `tf32` allows it
+everywhere), since left to themselves JAX and PyTorch's cuDNN RNN use TF32 and PyTorch's matmuls do not.
+
 lstmjax runs through its public API only (`lj.lstm`, `cell.init`, `lj.unroll`), so the numbers
 follow whatever `lj.unroll` does. Extra lstmjax rows (`lstmjax_variants`, each included only if the
 library offers it, read at run time), timed and checked like every other library:
@@ -168,7 +174,10 @@ def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[
 
     if "xla" in config.lstmjax_variants:
         fused = getattr(lj.lstm(1), "fused", None)
-        if getattr(fused, "native", None) is None:
+        if jax.default_backend() != "cpu":
+            notes["xla"] = f"the native kernels are CPU-only and this run is on {jax.default_backend()}: " \
+                           "lstmjax[xla] would run lstmjax's own program, not measured"
+        elif getattr(fused, "native", None) is None:
             notes["xla"] = "lj.lstm's cell has no native kernel (cell.fused.native): lstmjax[xla] not measured"
         else:
             variants["lstmjax[xla]"] = Variant("lstmjax, lj.unroll without its native kernel (XLA)", WORKLOADS,
@@ -236,13 +245,15 @@ def jax_runner(anchor: anchors.JaxAnchor, params: lj.LSTMParams, xs: jax.Array, 
 
 def torch_runner(params: lj.LSTMParams, xs: jax.Array, threads: int, workloads: Sequence[str],
                  onednn: bool = True) -> Runner:
-    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), threads, onednn)
+    """PyTorch's `nn.LSTM` on the device JAX runs on: CUDA when JAX's backend is a GPU, else the CPU."""
+    device = "cuda" if anchors.on_gpu() else "cpu"
+    run = anchors.TorchAnchor.prepare(params, np.asarray(xs), threads, onednn, device)
     calls = {"forward": run.forward, "train": run.train}
 
     def check(workload: str, result: Any) -> tuple[float, lj.LSTMParams | None]:
         return (float(result), None) if workload == "forward" else run.loss_and_grads(result)
 
-    return Runner({w: calls[w] for w in workloads}, check, {"threads": run.threads})
+    return Runner({w: calls[w] for w in workloads}, check, {"threads": run.threads, "device": device})
 
 
 def relative_differences(loss: float, grads: lj.LSTMParams | None, ref_loss: float,
@@ -324,11 +335,12 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
     points = [parse_point(p) for p in config.points]
     threads = config.torch_threads or usable_cores()
     allocator_tuned = lj.tune_cpu_allocator() if config.tune_allocator else None
+    gpu_precision = anchors.use_gpu_matmul_precision(config.gpu_precision) if anchors.on_gpu() else None
     load_start = load_average()
-    libraries = {"lstmjax": {"label": anchors.LABELS["lstmjax"], "status": "ok"}}
+    libraries = {"lstmjax": {"label": anchors.label("lstmjax"), "status": "ok"}}
     for name in config.anchors:
         reason = anchors.unavailable(name)
-        libraries[name] = {"label": anchors.LABELS[name], "status": "skipped" if reason else "ok", "reason": reason}
+        libraries[name] = {"label": anchors.label(name), "status": "skipped" if reason else "ok", "reason": reason}
     variants, variant_notes = lstmjax_variants(config)
     for name, variant in variants.items():
         libraries[name] = {"label": variant.label, "status": "ok", "workloads": list(variant.workloads)}
@@ -355,7 +367,8 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
                 geomean[workload][name] = float(np.exp(np.mean(np.log(ratios))))
     return {
         "machine": {**machine(), "load_average_start": load_start, "load_average_end": load_average(),
-                    "tune_cpu_allocator": {"requested": config.tune_allocator, "applied": bool(allocator_tuned)}},
+                    "tune_cpu_allocator": {"requested": config.tune_allocator, "applied": bool(allocator_tuned)},
+                    "gpu_matmul_precision": gpu_precision},
         "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
         "libraries": libraries,
         "remat": variant_notes["remat"],

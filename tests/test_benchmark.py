@@ -41,6 +41,8 @@ def _reference(params, xs):
 
 
 def _runner(name, params, xs):
+    if anchors.on_gpu():  # as the benchmark does on a GPU: no TF32 in any library, else they differ by ~1e-3
+        anchors.use_gpu_matmul_precision("float32")
     if name in anchors.TORCH_ANCHORS:
         return bm.torch_runner(params, xs, threads=1, workloads=bm.WORKLOADS, onednn=anchors.TORCH_ANCHORS[name])
     return bm.jax_runner(anchors.JAX_ANCHORS[name](), params, xs, bm.WORKLOADS)
@@ -364,3 +366,65 @@ def test_the_allocator_label_says_what_was_asked_and_what_happened():
                   "allocator_environment": {"LD_PRELOAD": "libjemalloc.so"}}) == (
         "lj.tune_cpu_allocator() asked for, not applied (not glibc), LD_PRELOAD=libjemalloc.so")
     assert label({"tune_cpu_allocator": {"requested": True, "applied": True}}) == "lj.tune_cpu_allocator() applied"
+
+
+def test_the_cudnn_anchors_weight_layout_is_lstmjaxs():
+    """`jax_cudnn` runs only on a GPU; off one, its reference (`jax.experimental.rnn.lstm_ref` on the same
+    flat cuDNN weight vector) checks the conversion both ways: loss, gradient and every step's input gradient."""
+    pytest.importorskip("jax.experimental.rnn")
+    anchor = anchors.cudnn_anchor(reference=True)
+    params, xs = bm.make_inputs(POINT, seed=5)
+    weights = anchor.convert(params)
+    assert weights.shape == (4 * POINT.hidden_size * (POINT.input_size + POINT.hidden_size + 2),)
+    want_loss, want_grads = _reference(params, xs)
+    runner = bm.jax_runner(anchor, params, xs, bm.WORKLOADS)
+    loss, grads = runner.check("train", runner.calls["train"]())
+    np.testing.assert_allclose(loss, float(want_loss), rtol=1e-6)
+    assert_trees_all_close(grads, lj.LSTMParams(*(np.asarray(g) for g in want_grads)), rtol=1e-5, atol=1e-7)
+    grad_xs = jax.grad(anchor.loss, argnums=1)(weights, xs)
+    want = jax.grad(lambda x: jnp.mean(lj.unroll(lj.lstm(POINT.hidden_size), params, x)[1] ** 2))(xs)
+    np.testing.assert_allclose(grad_xs, want, rtol=1e-5, atol=1e-8)
+    assert anchors._cudnn_hidden_size(weights.shape[0], POINT.input_size) == POINT.hidden_size
+    with pytest.raises(ValueError, match="no one-layer LSTM over 4 inputs"):
+        anchors._cudnn_hidden_size(weights.shape[0] + 1, POINT.input_size)
+
+
+def test_which_libraries_run_on_which_backend(monkeypatch):
+    """On a CPU `jax_cudnn` is skipped with the backend named; on a GPU `torch_no_onednn` is (oneDNN is
+    PyTorch's CPU path), PyTorch must see a CUDA device, and the labels say PyTorch runs on CUDA."""
+    if not anchors.on_gpu():
+        assert "JAX's backend here is cpu" in anchors.unavailable("jax_cudnn")
+        assert anchors.label("torch") == anchors.LABELS["torch"]
+    monkeypatch.setattr(anchors, "on_gpu", lambda: True)
+    assert "oneDNN is PyTorch's CPU path" in anchors.unavailable("torch_no_onednn")
+    assert anchors.label("torch") == "PyTorch nn.LSTM (CUDA, cuDNN)"
+    assert anchors.label("flax") == anchors.LABELS["flax"]
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in anchors.unavailable("torch")
+
+
+def test_gpu_precision_sets_every_library_and_is_checked(monkeypatch):
+    """`--gpu-precision float32` turns TF32 off in JAX and in both of PyTorch's switches, `tf32` on;
+    anything else is refused by name (the process's settings are restored after the test)."""
+    before = jax.config.jax_default_matmul_precision
+    torch = pytest.importorskip("torch")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        applied = anchors.use_gpu_matmul_precision("float32")
+        assert jax.config.jax_default_matmul_precision == "highest"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert applied == {"precision": "float32", "jax_default_matmul_precision": "highest",
+                           "torch_cuda_matmul_allow_tf32": False, "torch_cudnn_allow_tf32": False}
+        anchors.use_gpu_matmul_precision("tf32")
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with pytest.raises(ValueError, match="gpu_precision must be one of .*got 'bf16'"):
+            anchors.use_gpu_matmul_precision("bf16")
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    with pytest.raises(SystemExit):
+        parse_config(bm.BenchmarkConfig, ["--gpu-precision", "bf16"])
+    with pytest.raises(ValueError, match="gpu_precision must be one of float32, tf32, got 'bf16'"):
+        bm.BenchmarkConfig(gpu_precision="bf16")
