@@ -156,6 +156,12 @@ def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
     return primitive
 
 
+def _padding(batch: int, hidden: int) -> tuple[int, int]:
+    """`(rows, units)` to add to a batch of `batch` rows and `hidden` units so that the kernel's row and
+    unit blocks are whole (zeros there change nothing: see the module's docstring)."""
+    return -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+
+
 def _pad_units(a: jax.Array, units: int, gates: bool, blocks: int = 4) -> jax.Array:
     """`a` with `units` zero units appended to its last axis: to each of its `blocks` gate blocks if `gates`."""
     if not units:
@@ -189,7 +195,7 @@ def _forward_native(xs, valid, w_x, w_h, b, h0, c0, *, save):
     """`lstm_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
     steps, batch, _ = xs.shape
     hidden = w_h.shape[0]
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     padded = (steps, batch + rows, hidden + units)
     xs = jnp.pad(xs, ((0, 0), (0, rows), (0, 0)))
     valid = jnp.pad(valid.astype(jnp.uint8), ((0, 0), (0, rows)))
@@ -209,7 +215,7 @@ def _forward_native(xs, valid, w_x, w_h, b, h0, c0, *, save):
 def _backward_native(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
     """`lstm_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = cs.shape
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     w_h = _pad_recurrent(w_h, units)
     gates = _pad_rows(_pad_units(gates, units, gates=True), rows, 1)
     cs, ct_ys = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (cs, ct_ys))

@@ -96,7 +96,7 @@ def _load() -> NativeStatus:
         for kind, target in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, HANDLERS[kind])), platform="cpu")
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
-        message = f"the native LSTM kernel could not be built or loaded ({error}); lj.unroll uses the XLA path"
+        message = f"the native kernels could not be built or loaded ({error}); lj.unroll uses the XLA paths"
         warnings.warn(f"lstmjax: {message}", RuntimeWarning, stacklevel=2)
         return NativeStatus(False, message)
     _library = library

@@ -41,8 +41,6 @@ from jax.interpreters import ad, batching
 
 from lstmjax._fused import _sum_terms
 from lstmjax._native import (
-    ROW_BLOCK,
-    UNIT_BLOCK,
     _aval,
     _batching_rule,
     _linear_jvp,
@@ -50,6 +48,7 @@ from lstmjax._native import (
     _pad_recurrent,
     _pad_rows,
     _pad_units,
+    _padding,
     _primitive,
     _reference_jvp,
     _threads,
@@ -117,7 +116,7 @@ def _forward_native(xz, valid, w_h, b_hn, h0, *, save):
     """`gru_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
     steps, batch, _ = xz.shape
     hidden = w_h.shape[0]
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     padded = (steps, batch + rows, hidden + units)
     xz = _pad_rows(_pad_units(xz, units, gates=True, blocks=3), rows, 1)
     valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)
@@ -138,7 +137,7 @@ def _forward_native(xz, valid, w_h, b_hn, h0, *, save):
 def _backward_native(w_h, gates, hn, hs, h0, valid, ct_hs):
     """`gru_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = hs.shape
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     w_h = _pad_recurrent(w_h, units, blocks=3)
     gates = _pad_rows(_pad_units(gates, units, gates=True, blocks=3), rows, 1)
     hn, hs, ct_hs = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (hn, hs, ct_hs))

@@ -45,8 +45,6 @@ from jax.interpreters import ad, batching
 
 from lstmjax._fused import _sum_terms
 from lstmjax._native import (
-    ROW_BLOCK,
-    UNIT_BLOCK,
     _aval,
     _batching_rule,
     _linear_jvp,
@@ -54,6 +52,7 @@ from lstmjax._native import (
     _pad_recurrent,
     _pad_rows,
     _pad_units,
+    _padding,
     _primitive,
     _reference_jvp,
     _threads,
@@ -68,9 +67,6 @@ MIN_HIDDEN_SIZE = 4
 ACTIVATIONS = {"tanh": 0, "relu": 1, "linear": 2}
 """The activations the kernel knows, and its `activation` attribute for each."""
 
-_PHI = {"tanh": jnp.tanh, "relu": jax.nn.relu, "linear": lambda a: a}
-
-
 def _times_slope(activation: str, h, d):
     """`φ'(a)·d` with `φ'(a)` from `h = φ(a)` (relu: a select, as `jax.nn.relu`'s derivative, 0 at `a = 0`)."""
     if activation == "tanh":
@@ -84,7 +80,8 @@ def _times_slope(activation: str, h, d):
 
 def forward_reference(xz, valid, w_h, h0, *, activation):
     """`rnn_forward` in JAX. xz `(T, B, H)`, valid `(T, B)` bool, w_h `(H, H)`, h0 `(B, H)`; returns `(hs,)`."""
-    phi = _PHI[activation]
+    from lstmjax._rnn import ACTIVATIONS as PHI  # here, not at the top: lstmjax._rnn imports this module
+    phi = PHI[activation]
 
     def step(h_before, inputs):
         xz_t, real = inputs
@@ -119,7 +116,7 @@ def backward_reference(w_h, hs, valid, ct_hs, *, activation):
 def _forward_native(xz, valid, w_h, h0, *, activation):
     """`rnn_forward` on the kernel: batch padded to whole row blocks, units to whole unit blocks."""
     steps, batch, hidden = xz.shape
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     padded = (steps, batch + rows, hidden + units)
     xz = _pad_rows(_pad_units(xz, units, gates=False), rows, 1)
     valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)
@@ -133,7 +130,7 @@ def _forward_native(xz, valid, w_h, h0, *, activation):
 def _backward_native(w_h, hs, valid, ct_hs, *, activation):
     """`rnn_backward` on the kernel, padded like `_forward_native` (padded units and rows stay zero)."""
     steps, batch, hidden = hs.shape
-    rows, units = -batch % ROW_BLOCK, -hidden % UNIT_BLOCK
+    rows, units = _padding(batch, hidden)
     w_h = _pad_recurrent(w_h, units, blocks=1)
     hs, ct_hs = (_pad_rows(_pad_units(a, units, gates=False), rows, 1) for a in (hs, ct_hs))
     valid = _pad_rows(valid.astype(jnp.uint8), rows, 1)

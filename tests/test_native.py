@@ -278,7 +278,7 @@ def test_without_the_kernel_lj_unroll_falls_back_with_a_reason(tmp_path):
     assert "available=False" in off.stdout and "disabled by LSTMJAX_NATIVE" in off.stdout
     broken = _run_python(_XLA_AGREES, CXX="false", LSTMJAX_CACHE_DIR=str(tmp_path / "empty"))
     assert "available=False" in broken.stdout and "could not be built" in broken.stdout
-    assert "RuntimeWarning: lstmjax: the native LSTM kernel could not be built" in broken.stderr
+    assert "RuntimeWarning: lstmjax: the native kernels could not be built" in broken.stderr
 
 
 def test_a_build_lands_in_the_cache_whole_is_reused_and_rebuilt_if_damaged(tmp_path):
