@@ -34,6 +34,7 @@ A library that is not installed (or fails to import) is reported by `unavailable
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -156,14 +157,15 @@ class JaxAnchor:
 
 
 def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None, *, native: bool = True,
-                   full_lengths: bool = False) -> JaxAnchor:
+                   full_lengths: bool = False, cudnn: bool = False) -> JaxAnchor:
     """lstmjax itself, through the public API only (`lj.lstm`, `lj.unroll`), so it measures whatever
     `lj.unroll` does; `unroll_kwargs` are passed to `lj.unroll` (for example a remat option).
 
     `native=False` unrolls the cell `without_native_kernel`: the XLA path `lj.unroll` takes where its
     native CPU kernel cannot run. `full_lengths=True` passes `lengths=jnp.full(batch, T)` (built inside
     the loss, so under `jax.jit` it is a traced value like the lengths of a real batch): every sequence
-    is full, so the results are plain lstmjax's, through `lj.unroll`'s variable-length path."""
+    is full, so the results are plain lstmjax's, through `lj.unroll`'s variable-length path.
+    `cudnn=True` traces `lj.unroll` as with `LSTMJAX_CUDNN=1` (its opt-in cuDNN path, where it can run: a GPU)."""
     unroll_kwargs = dict(unroll_kwargs or {})
 
     def loss(params: lj.LSTMParams, xs: jax.Array) -> jax.Array:
@@ -173,10 +175,19 @@ def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None, *, native: bool 
         kwargs = dict(unroll_kwargs)
         if full_lengths:
             kwargs["lengths"] = jnp.full(xs.shape[1:-1], xs.shape[0], jnp.int32)
-        _, ys = lj.unroll(cell, params, xs, **kwargs)
+        with _cudnn_path(cudnn):
+            _, ys = lj.unroll(cell, params, xs, **kwargs)
         return loss_of_outputs(ys)
 
     return JaxAnchor("lstmjax", convert=lambda params: params, loss=loss, grads_to_lstmjax=lambda grads, _: grads)
+
+
+def _cudnn_path(enabled: bool):
+    """A context in which `lj.unroll` is traced with its cuDNN path asked for (`enabled`), or a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    from lstmjax import _cudnn
+    return _cudnn.forced(True)
 
 
 def without_native_kernel(cell: lj.Cell) -> lj.Cell:

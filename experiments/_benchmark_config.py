@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple
 from experiments import _benchmark_anchors as anchors
 from experiments._config_checks import check_int
 
-LSTMJAX_VARIANTS = ("xla", "lengths")
+LSTMJAX_VARIANTS = ("xla", "lengths", "cudnn")
 """The extra lstmjax rows `--lstmjax-variants` chooses from (`experiments.benchmark.lstmjax_variants`)."""
 
 
@@ -69,8 +69,9 @@ class BenchmarkConfig:
         remat_values: values v for lj.unroll(..., remat=v), as Python literals, if lj.unroll has a remat
             parameter; default: True.
         lstmjax_variants: extra lstmjax rows, on both workloads: xla (the LSTM's native CPU kernel switched
-            off: lstmjax[xla]'s ratio is the kernel's speed-up) and lengths (lengths=full(B, T): the cost
-            of the variable-length path); or none.
+            off: lstmjax[xla]'s ratio is the kernel's speed-up), lengths (lengths=full(B, T): the cost
+            of the variable-length path) and cudnn (on a GPU: lj.unroll with its opt-in cuDNN path,
+            LSTMJAX_CUDNN=1); or none.
         results_dir: root folder; the run is written to <results_dir>/benchmark/<run>/.
         run: name of the run's folder; default: the UTC time the run starts.
         overwrite: replace an existing run folder of the same name instead of refusing.

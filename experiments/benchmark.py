@@ -42,7 +42,12 @@ library offers it, read at run time), timed and checked like every other library
   sequences are all full, so the work and results are plain lstmjax's and its ratio is the cost
   of `lj.unroll`'s lengths path, whichever path that is. Both workloads, memory not measured.
 
-`--lstmjax-variants` chooses among `xla` and `lengths` (default both; `none` for neither).
+* `lstmjax[cudnn]` (GPU only): `lj.unroll` traced with its opt-in cuDNN path (`LSTMJAX_CUDNN=1`,
+  `lstmjax._cudnn`); its ratio is that path's speed-up over lstmjax's default. Both workloads,
+  memory measured.
+
+`--lstmjax-variants` chooses among `xla`, `lengths` and `cudnn` (default all three, each where it
+can run; `none` for none).
 
 Correctness first: the first call of every library at every grid point (the call that
 compiles it, not timed with the others) returns its loss and, for `train`, its gradient, which
@@ -130,6 +135,7 @@ class Variant:
         unroll_kwargs: keyword arguments of `lj.unroll` (a remat option).
         native: `False`: the cell's native CPU kernel switched off (`anchors.without_native_kernel`).
         full_lengths: pass `lengths=jnp.full(B, T)`: a variable-length batch whose sequences are all full.
+        cudnn: trace `lj.unroll` with its opt-in cuDNN path asked for (as `LSTMJAX_CUDNN=1` does).
         memory: also measured by `run_memory` (training-step memory against the sequence length).
     """
 
@@ -138,10 +144,12 @@ class Variant:
     unroll_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     native: bool = True
     full_lengths: bool = False
+    cudnn: bool = False
     memory: bool = True
 
     def anchor(self) -> anchors.JaxAnchor:
-        return anchors.lstmjax_anchor(self.unroll_kwargs, native=self.native, full_lengths=self.full_lengths)
+        return anchors.lstmjax_anchor(self.unroll_kwargs, native=self.native, full_lengths=self.full_lengths,
+                                      cudnn=self.cudnn)
 
 
 def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[str, str]]:
@@ -156,7 +164,9 @@ def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[
       memory measured (what the kernel keeps for the backward pass against what XLA's scan keeps);
     * `lengths` (if in `config.lstmjax_variants`): `lstmjax[lengths]`, `lengths=jnp.full(B, T)`: every
       sequence full, so the same work and results as lstmjax, and its ratio is the cost of the lengths
-      path; both workloads, memory not measured (lstmjax's program plus a mask, of little interest).
+      path; both workloads, memory not measured (lstmjax's program plus a mask, of little interest);
+    * `cudnn` (if in `config.lstmjax_variants`, on a GPU with jaxlib's cuDNN bindings): `lstmjax[cudnn]`,
+      `lj.unroll` traced with its opt-in cuDNN path; both workloads, memory measured.
     """
     parameters = inspect.signature(lj.unroll).parameters
     variants: dict[str, Variant] = {}
@@ -192,6 +202,16 @@ def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[
                                                    full_lengths=True, memory=False)
             notes["lengths"] = "lstmjax[lengths]: lj.unroll(..., lengths=jnp.full(B, T)) inside the jitted loss, " \
                                "every sequence full (lstmjax's results); its ratio is the cost of the lengths path"
+    if "cudnn" in config.lstmjax_variants:
+        from lstmjax import _cudnn
+        if not anchors.on_gpu() or not _cudnn.bindings_available():
+            notes["cudnn"] = f"lstmjax[cudnn] needs a GPU and jaxlib's cuDNN bindings (JAX's backend here is " \
+                             f"{jax.default_backend()}): not measured"
+        else:
+            variants["lstmjax[cudnn]"] = Variant("lstmjax, lj.unroll with LSTMJAX_CUDNN=1 (cuDNN)", WORKLOADS,
+                                                 cudnn=True)
+            notes["cudnn"] = "lstmjax[cudnn]: lj.unroll traced with its opt-in cuDNN path (LSTMJAX_CUDNN=1); its " \
+                             "ratio is that path's speed-up over lstmjax's default on this GPU"
     return variants, notes
 
 

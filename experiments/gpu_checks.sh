@@ -9,9 +9,11 @@
 # time limit and a failing step does not stop the next; OUT_DIR receives at most 8 files:
 #
 #   environment.txt   versions, the GPU, what lstmjax's native CPU kernels say on this machine
-#   tests.log         the backend-independent numerical tests, run on the GPU at full float32 precision
-#   benchmark.log     python -m experiments.benchmark on the GPU (lstmjax, Flax, Equinox, Haiku, PyTorch
-#                     nn.LSTM on CUDA, jax.experimental.rnn's cuDNN LSTM), float32 products (no TF32)
+#   tests.log         the backend-independent numerical tests, run on the GPU at full float32 precision,
+#                     tests/test_cudnn.py among them: lstmjax's cuDNN path on cuDNN itself
+#   benchmark.log     python -m experiments.benchmark on the GPU (lstmjax, lstmjax with its opt-in cuDNN path
+#                     LSTMJAX_CUDNN=1, Flax, Equinox, Haiku, PyTorch nn.LSTM on CUDA, jax.experimental.rnn's
+#                     cuDNN LSTM), float32 products (no TF32)
 #   benchmark_metrics.json, benchmark_summary.json, benchmark_times.png, benchmark_memory.png
 #   seeds.log         python -m experiments.seeds_benchmark: K = 16 models vmapped against a loop
 #
@@ -53,7 +55,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 
 # shellcheck disable=SC2086  # $points is a list of grid points
 step benchmark 280 "$out/benchmark.log" python3 -m experiments.benchmark --points $points --repeats "$repeats" \
-    --pause-ms 5 --peak-sizes 4096 8192 --gpu-precision float32 --lstmjax-variants none --memory-lengths 1000 100000 \
+    --pause-ms 5 --peak-sizes 4096 8192 --gpu-precision float32 --lstmjax-variants cudnn --memory-lengths 1000 100000 \
     --results-dir "$scratch" --run gpu --no-progress
 for f in metrics.json summary.json times.png memory.png; do
     cp "$scratch/benchmark/gpu/$f" "$out/benchmark_$f" 2>/dev/null || echo "no benchmark $f" >>"$out/benchmark.log"
@@ -66,7 +68,7 @@ done
 step tests 170 "$out/tests.log" env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
     -n 8 -m 'not slow' tests/test_unroll.py tests/test_gradients.py tests/test_fused.py tests/test_properties.py \
     tests/test_diagnostics.py tests/test_statquest_numbers.py tests/test_torch_reference.py tests/test_benchmark.py \
-    tests/test_sequences.py tests/test_training.py
+    tests/test_sequences.py tests/test_training.py tests/test_cudnn.py
 
 step seeds 90 "$out/seeds.log" python3 -m experiments.seeds_benchmark --repeats 3 --results-dir "$scratch" \
     --run gpu --no-progress

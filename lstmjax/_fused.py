@@ -82,6 +82,10 @@ class FusedRecurrence(NamedTuple):
             `native_min_hidden_size` up, without `resets`, where `lstmjax._native.can_run_natively`
             says it can be (with `remat`, once per checkpointed chunk).
         native_min_hidden_size: see `native`.
+        gpu: the family's GPU path, if it has one (`lstmjax._cudnn`, opt-in):
+            `gpu(params, xs, state, reverse) -> (final_state, ys)`, every step real, used where
+            `lstmjax._cudnn.can_run_on_gpu` says it can be, without `lengths`, `mask` or `resets`
+            (with `remat`, once per checkpointed chunk).
 
     A family with a native path only (no XLA fast path: `fused_unroll` was not faster for it)
     leaves `weights`, `forward`, `tangent` and `hidden` at `None`.
@@ -95,6 +99,7 @@ class FusedRecurrence(NamedTuple):
     min_hidden_size: int = 1
     native: Callable[[Any, jax.Array, Any, bool, jax.Array | None], tuple[Any, jax.Array]] | None = None
     native_min_hidden_size: int = 1
+    gpu: Callable[[Any, jax.Array, Any, bool], tuple[Any, jax.Array]] | None = None
 
 
 def fused_unroll(recurrence: FusedRecurrence, params: Any, xs: jax.Array, state: Any,

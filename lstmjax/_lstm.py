@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, check_input, check_param_shapes, check_positive_int, check_state_leaf, make_cell
+from lstmjax._cudnn import cudnn_unroll
 from lstmjax._fused import FusedRecurrence
 from lstmjax._initializers import InitScheme, draw_kernels, resolve
 from lstmjax._native import MIN_HIDDEN_SIZE as NATIVE_MIN_HIDDEN_SIZE
@@ -123,7 +124,7 @@ LSTM_FUSED = FusedRecurrence(
     weights=lambda params: (params.w_x, params.w_h, params.b, None),
     forward=_fused_forward, tangent=_fused_tangent,
     hidden=lambda state: state.h, additive=True, min_hidden_size=128,
-    native=native_unroll, native_min_hidden_size=NATIVE_MIN_HIDDEN_SIZE)
+    native=native_unroll, native_min_hidden_size=NATIVE_MIN_HIDDEN_SIZE, gpu=cudnn_unroll)
 """The LSTM's whole-sequence fast path for `lj.unroll` (see `lstmjax._fused`)."""
 
 

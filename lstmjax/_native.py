@@ -132,11 +132,12 @@ def _aval(shape, dtype):
     return jax.core.ShapedArray(tuple(shape), dtype)
 
 
-def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
-    """A multiple-result primitive that runs `native` (custom calls of the kernel) on the CPU and
-    `reference` everywhere else, and on the CPU too where the kernel is unavailable or the program
-    is being exported (`jax.export`: a custom call of this machine's build cannot be serialised).
-    Eager calls compile it with `jax.jit` (also under `jax.disable_jit()`)."""
+def _primitive(name: str, reference, abstract_eval, native=None, platform: str = "cpu",
+               available=lambda: native_kernel_status().available) -> Primitive:
+    """A multiple-result primitive that runs `native` (custom calls of a kernel) on `platform` and
+    `reference` everywhere else, and on `platform` too where `available()` says the kernel is not
+    there or the program is being exported (`jax.export`: a custom call of this machine's build
+    cannot be serialised). Eager calls compile it with `jax.jit` (also under `jax.disable_jit()`)."""
     primitive = Primitive(name)
     primitive.multiple_results = True
     primitive.def_abstract_eval(abstract_eval)
@@ -148,11 +149,11 @@ def _primitive(name: str, reference, abstract_eval, native=None) -> Primitive:
     primitive.def_impl(eager)
     mlir.register_lowering(primitive, mlir.lower_fun(reference, multiple_results=True))
     if native is not None:
-        def on_cpu(ctx, *args, **params):
+        def on_platform(ctx, *args, **params):
             exporting = ctx.module_context.lowering_parameters.for_export
-            use = native if native_kernel_status().available and not exporting else reference
+            use = native if available() and not exporting else reference
             return mlir.lower_fun(use, multiple_results=True)(ctx, *args, **params)
-        mlir.register_lowering(primitive, on_cpu, platform="cpu")
+        mlir.register_lowering(primitive, on_platform, platform=platform)
     return primitive
 
 

@@ -28,6 +28,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, Params, State, is_as_built, select_state, zero_where_invalid
+from lstmjax._cudnn import can_run_on_gpu
 from lstmjax._fused import fused_unroll
 from lstmjax._native import can_run_natively
 
@@ -77,7 +78,10 @@ def unroll(
     pass carries only the state's cotangent and forms the weight gradients as single large matrix
     multiplies (`lstmjax._fused`). On every path, forward mode, higher derivatives, `vmap` and
     float64 work as on the step-by-step scan of `cell.step`, which every other cell and option uses,
-    and give the same results to rounding. Called outside `jit` on a built-in cell, the scan is
+    and give the same results to rounding. On a single NVIDIA GPU, `LSTMJAX_CUDNN=1` in the
+    environment (read when `lj.unroll` is traced) runs a float32 `lj.lstm` cell without `lengths`,
+    `mask` or `resets` on cuDNN's fused RNN, forward mode and higher derivatives included
+    (`lstmjax._cudnn`; opt-in: not yet measured on a GPU). Called outside `jit` on a built-in cell, the scan is
     compiled once per cell, options and shapes and reused.
     """
     final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
@@ -146,6 +150,9 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
     native = (fused.native if fused is not None and fused.native is not None
               and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)
               else None)
+    # cuDNN runs every step: not with lengths or a mask, nor with remat chunks that pad the last one
+    gpu = (fused.gpu if native is None and fused is not None and fused.gpu is not None and valid is None
+           and (chunk is None or steps % chunk == 0) and can_run_on_gpu(params, xs, init_state) else None)
     if fused is not None and (fused.forward is None or cell.hidden_size < fused.min_hidden_size):
         fused = None
 
@@ -153,6 +160,9 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
         """Runs a stretch of steps: `carry` = (state, reset pending), `inputs` = (xs, valid, reset)."""
         if native is not None:
             final, ys = native(params, inputs[0], carry[0], reverse, inputs[1])
+            return (final, carry[1]), (ys, None)
+        if gpu is not None:
+            final, ys = gpu(params, inputs[0], carry[0], reverse)
             return (final, carry[1]), (ys, None)
         if fused is not None:
             final, ys = fused_unroll(fused, params, inputs[0], carry[0], inputs[1], reverse)

@@ -176,7 +176,7 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
         assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["check_relative_differences"][workload])
         assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["median_seconds"][workload])
     assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]", "lstmjax[xla]"}
-    assert set(metrics["lstmjax_variants"]) == {"remat", "xla", "lengths"}
+    assert set(metrics["lstmjax_variants"]) == {"remat", "xla", "lengths", "cudnn"}
     assert metrics["peak"]["gflops_per_second"] > 0
     lstmjax_memory = metrics["memory"]["rows"]["lstmjax"]
     assert lstmjax_memory["lengths"] == [10, 100]
@@ -268,6 +268,29 @@ def test_the_lstmjax_variants_and_what_they_run(monkeypatch):
         anchors.without_native_kernel(lj.rnn(4)._replace(fused=None))
 
 
+def test_the_cudnn_row_is_gpu_only_and_asks_lj_unroll_for_its_cudnn_path(monkeypatch):
+    """`lstmjax[cudnn]` is left out, with the reason, off a GPU; on one (faked here) it is a row whose
+    `lj.unroll` is traced with the opt-in cuDNN path asked for, and only that row's."""
+    from lstmjax import _cudnn
+    config = bm.BenchmarkConfig(points=("2x5x3x4",), anchors=(), lstmjax_variants=("cudnn",), progress=False)
+    if not anchors.on_gpu():
+        variants, notes = bm.lstmjax_variants(config)
+        assert "lstmjax[cudnn]" not in variants and "needs a GPU" in notes["cudnn"]
+    monkeypatch.setattr(anchors, "on_gpu", lambda: True)
+    monkeypatch.setattr(_cudnn, "bindings_available", lambda: True)
+    variants, notes = bm.lstmjax_variants(config)
+    assert variants["lstmjax[cudnn]"].workloads == bm.WORKLOADS and "LSTMJAX_CUDNN=1" in notes["cudnn"]
+    asked = []
+    original = lj.unroll
+    monkeypatch.setattr(lj, "unroll",
+                        lambda *args, **kwargs: asked.append(_cudnn.enabled()) or original(*args, **kwargs))
+    monkeypatch.delenv("LSTMJAX_CUDNN", raising=False)
+    params, xs = bm.make_inputs(POINT, seed=7)
+    np.testing.assert_allclose(variants["lstmjax[cudnn]"].anchor().loss(params, xs),
+                               anchors.lstmjax_anchor().loss(params, xs), rtol=1e-6)
+    assert asked == [True, False]
+
+
 def test_the_xla_row_runs_without_the_kernel():
     """Where the native kernel runs (H >= 32, this machine has it), plain lstmjax's training step calls it
     and lstmjax[xla]'s does not: the row's ratio is the kernel's speed-up."""
@@ -286,7 +309,7 @@ def test_the_variant_rows_are_checked_like_every_library(monkeypatch):
     """A lengths row one step short (not lstmjax's computation) stops the run before anything is timed."""
     honest = anchors.lstmjax_anchor
 
-    def one_step_short(unroll_kwargs=None, *, native=True, full_lengths=False):
+    def one_step_short(unroll_kwargs=None, *, native=True, full_lengths=False, cudnn=False):
         anchor = honest(unroll_kwargs, native=native)
         if not full_lengths:
             return anchor
@@ -312,9 +335,10 @@ def test_a_bad_lstmjax_variant_is_named_with_the_choices(capsys):
             parse_config(bm.BenchmarkConfig, argv)
         assert error.value.code == 2
         message = capsys.readouterr().err
-        assert "lstmjax_variants (--lstmjax-variants) must be among xla, lengths, or just none; got " + bad in message
+        assert ("lstmjax_variants (--lstmjax-variants) must be among xla, lengths, cudnn, or just none; got "
+                + bad) in message
     assert parse_config(bm.BenchmarkConfig, ["--lstmjax-variants", "none"]).lstmjax_variants == ("none",)
-    assert parse_config(bm.BenchmarkConfig, []).lstmjax_variants == ("xla", "lengths")
+    assert parse_config(bm.BenchmarkConfig, []).lstmjax_variants == ("xla", "lengths", "cudnn")
 
 
 def test_flops_points_and_bad_configs():
