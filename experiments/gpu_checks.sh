@@ -50,6 +50,11 @@ for d in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "op
 import torch
 print("torch cuda:", torch.cuda.is_available(), torch.version.cuda, "cudnn:", torch.backends.cudnn.version())
 print("lstmjax native kernels (CPU only):", lj.native_kernel_status())
+import inspect
+from lstmjax import _cudnn
+print("cuDNN bindings:", _cudnn.bindings_available())
+if _cudnn.rnn is not None:
+    print("lstm_fwd", inspect.signature(_cudnn.rnn.lstm_fwd), "lstm_bwd", inspect.signature(_cudnn.rnn.lstm_bwd))
 '
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$out/environment.txt" 2>&1
 
