@@ -75,8 +75,10 @@ def enabled() -> bool:
 
 
 def bindings_available() -> bool:
-    """jaxlib's cuDNN RNN bindings are there (a CUDA build of jaxlib)."""
-    return rnn is not None and getattr(rnn, "gpu_rnn", None) is not None
+    """jaxlib's cuDNN RNN bindings are there: JAX's CUDA plugin is installed (`jaxlib.gpu_rnn` then has the
+    workspace-size query that `jax.experimental.rnn` needs; a CPU-only jaxlib has the module without it)."""
+    gpu_rnn = getattr(rnn, "gpu_rnn", None) if rnn is not None else None
+    return hasattr(gpu_rnn, "compute_rnn_workspace_reserve_space_sizes")
 
 
 CUDNN_PRECISIONS = (None, "highest", "float32", "high", "tensorfloat32", "bfloat16_3x")
