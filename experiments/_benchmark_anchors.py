@@ -23,6 +23,9 @@ benchmark can check that every anchor's loss and gradient equal lstmjax's before
   raveled, with `W_ih = w_x.T`, `W_hh = w_h.T`, `b_ih = b`, `b_hh = 0` (gate order i, f, g, o, as
   PyTorch's). Off a GPU it is skipped; `cudnn_anchor(reference=True)` runs the same weights through
   `jax.experimental.rnn.lstm_ref` instead (any backend), which is how the layout is tested on a CPU.
+  Its forward pass is cuDNN's training mode (it always keeps the reserve for a backward pass), and
+  that binding declares the reserve and workspace as float32 arrays of one element per byte, so
+  XLA's memory analysis counts them four times over.
 
 A JAX anchor is a `JaxAnchor` (`convert`, a pure `loss(anchor_params, xs)`, `grads_to_lstmjax`):
 the benchmark jits `loss` and `jax.value_and_grad(loss)` the same way for all of them. lstmjax is

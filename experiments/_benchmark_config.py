@@ -52,6 +52,8 @@ class BenchmarkConfig:
         seed: PRNG seed of the weights and inputs.
         rtol: largest allowed difference of each library's loss and gradient leaves from lstmjax's,
             relative to the largest magnitude of lstmjax's leaf.
+        on_mismatch: what a library outside rtol does: stop the run (AnchorMismatchError), or drop that library
+            at that point (reported in the point's errors, not timed) and go on.
         torch_threads: torch.set_num_threads for PyTorch; default: the cores this process may use.
         gpu_precision: on a GPU, the precision of every library's float32 matrix products: float32 (JAX's
             "highest", PyTorch's TF32 switches off) or tf32 (TF32 allowed in all); ignored on a CPU.
@@ -84,6 +86,7 @@ class BenchmarkConfig:
     repeats: int = 10
     seed: int = 0
     rtol: float = 1e-4
+    on_mismatch: Literal["stop", "drop"] = "stop"
     torch_threads: int | None = None
     gpu_precision: Literal["float32", "tf32"] = "float32"
     tune_allocator: bool = False

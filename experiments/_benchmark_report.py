@@ -28,7 +28,8 @@ DEFINITIONS = {
               "converted into each library's layout, zero initial memories, loss = mean(ys ** 2)",
     "forward": "jax.jit(loss) / nn.LSTM under torch.no_grad()",
     "train": "jax.jit(jax.value_and_grad(loss)) w.r.t. the LSTM's weights / nn.LSTM forward + loss.backward()",
-    "seconds": "wall-clock seconds of each timed call (block_until_ready), repeats rounds, libraries round-robin",
+    "seconds": "wall-clock seconds of each timed call (block_until_ready; PyTorch on CUDA: torch.cuda.synchronize), "
+               "repeats rounds, libraries round-robin",
     "median_seconds": "median of seconds",
     "first_call_seconds": "the first call (compilation included for JAX), whose result is checked against lstmjax's",
     "ratio_to_lstmjax": "median_seconds / lstmjax's median_seconds at the same point (> 1: lstmjax is faster)",
@@ -85,6 +86,18 @@ def summary(metrics: Mapping) -> dict:
         "memory_shape": f"B={memory['batch_size']} D={memory['input_size']} H={memory['hidden_size']}",
         "memory_rows": memory_rows, "memory_errors": memory["errors"],
     }
+
+
+def point_line(point: Mapping) -> str:
+    """One grid point's result on one line per workload: each library's median ms [ratio to lstmjax],
+    and its errors (printed as each point ends, so that a run cut short still leaves its numbers)."""
+    lines = []
+    for workload, medians in point["median_seconds"].items():
+        ratios = point["ratio_to_lstmjax"][workload]
+        cells = "; ".join(f"{name} {1e3 * median:.3f} ms [{ratios[name]:.2f}]" for name, median in medians.items())
+        lines.append(f"{point['label']} {workload}: {cells}")
+    lines += [f"{point['label']} error, {name}: {error}" for name, error in point["errors"].items()]
+    return "\n".join(lines)
 
 
 def allocator_label(machine: Mapping) -> str:
@@ -189,8 +202,9 @@ def times_figure(metrics: Mapping) -> Figure:
             legend.setdefault(label, handle)
     fig.legend(list(legend.values()), list(legend), loc="outside lower center", fontsize=7, ncol=min(3, len(legend)))
     m = metrics["machine"]
-    fig.suptitle(f"{m['cpu']}, {m['usable_cores']} cores; load average {m['load_average_start']} at the start, "
-                 f"{m['load_average_end']} at the end", fontsize=9)
+    device = f"{m['jax_device_kind']}, " if m.get("gpu_matmul_precision") else ""
+    fig.suptitle(f"{device}{m['cpu']}, {m['usable_cores']} cores; load average {m['load_average_start']} at the "
+                 f"start, {m['load_average_end']} at the end", fontsize=9)
     return fig
 
 

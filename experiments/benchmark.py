@@ -54,7 +54,9 @@ compiles it, not timed with the others) returns its loss and, for `train`, its g
 is converted back to lstmjax's layout and compared with lstmjax's on the very shapes and data
 being timed: the largest difference of each leaf relative to that leaf's largest magnitude must
 be at most `--rtol`, or the run stops with `AnchorMismatchError`, so it never times two
-different computations. Libraries that are not installed (or fail to import) are skipped, with
+different computations (with `--on-mismatch drop` that library is reported at that point and not
+timed there, and the run goes on: for a run that cannot be repeated, such as on a borrowed GPU).
+Libraries that are not installed (or fail to import) are skipped, with
 the reason in the table and in `metrics.json`.
 
 Timing: after `--warmup` calls (the first one compiles and is checked), `--repeats` rounds in
@@ -376,6 +378,8 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
         for point in points:
             results.append(_run_point(point, config, libraries, runnable, variants, threads))
             bar.update()
+            if not show:  # a line per point as it ends, so that a run cut short still leaves its numbers
+                print(report.point_line(results[-1]), file=sys.stderr, flush=True)
         memory = run_memory(config, {name: v.anchor() for name, v in variants.items() if v.memory}, libraries, bar)
 
     geomean = {}
@@ -389,12 +393,13 @@ def run_benchmark(config: BenchmarkConfig) -> dict:
         "machine": {**machine(), "load_average_start": load_start, "load_average_end": load_average(),
                     "tune_cpu_allocator": {"requested": config.tune_allocator, "applied": bool(allocator_tuned)},
                     "gpu_matmul_precision": gpu_precision},
-        "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) else None,
+        "torch_threads": threads if set(anchors.TORCH_ANCHORS) & set(runnable) and not anchors.on_gpu() else None,
         "libraries": libraries,
         "remat": variant_notes["remat"],
         "lstmjax_variants": variant_notes,
         "workloads": list(WORKLOADS),
         "warmup": config.warmup, "repeats": config.repeats, "pause_ms": config.pause_ms, "rtol": config.rtol,
+        "on_mismatch": config.on_mismatch,
         "peak": {"matmuls": peak, "gflops_per_second": max(m["gflops_per_second"] for m in peak)},
         "points": results,
         "geomean_ratio_to_lstmjax": geomean,
@@ -443,7 +448,14 @@ def _run_point(point: Point, config: BenchmarkConfig, libraries: dict, runnable:
             if name == "lstmjax":
                 reference[workload] = (loss, grads)
                 continue
-            checks[workload][name] = agreement(name, point, workload, (loss, grads), reference[workload], config.rtol)
+            try:
+                checks[workload][name] = agreement(name, point, workload, (loss, grads), reference[workload],
+                                                   config.rtol)
+            except AnchorMismatchError as error:
+                if config.on_mismatch == "stop":
+                    raise
+                errors[name] = f"{type(error).__name__}: {error}"  # "drop": reported, not timed
+                del runners[name]
         for _ in range(config.warmup - 1):
             for runner in runners.values():
                 if workload in runner.calls:

@@ -25,6 +25,19 @@ from experiments._config_cli import parse_config
 from experiments._results import write_json_atomic
 
 POINT = bm.Point(batch_size=3, length=7, input_size=4, hidden_size=5)
+ON_CPU = jax.default_backend() == "cpu"  # lstmjax[xla] (the native CPU kernel off) is a row on a CPU only
+
+
+@pytest.fixture(autouse=True)
+def _restore_precision():
+    """On a GPU the benchmark sets every library's matmul precision for the whole process: put it back."""
+    before = jax.config.jax_default_matmul_precision
+    torch = __import__("sys").modules.get("torch")
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) if torch else None
+    yield
+    jax.config.update("jax_default_matmul_precision", before)
+    if flags is not None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def _skip_unless_available(name: str) -> None:
@@ -126,9 +139,14 @@ def test_a_library_computing_something_else_is_refused(monkeypatch):
 
     monkeypatch.setitem(anchors.JAX_ANCHORS, "equinox", swapped_gates)
     config = bm.BenchmarkConfig(points=("3x7x4x5",), anchors=("equinox",), warmup=1, repeats=1,
-                                peak_sizes=(8,), memory_lengths=(5,), memory_anchors=("none",), progress=False)
+                                peak_sizes=(8,), memory_lengths=(5,), memory_anchors=("none",), progress=False,
+                                lstmjax_variants=("none",))
     with pytest.raises(bm.AnchorMismatchError, match="equinox at B=3 T=7 D=4 H=5"):
         bm.run_benchmark(config)
+    # --on-mismatch drop: reported at the point, not timed, and the run goes on
+    (point,) = bm.run_benchmark(dataclasses.replace(config, on_mismatch="drop"))["points"]
+    assert point["errors"]["equinox"].startswith("AnchorMismatchError: equinox at B=3 T=7 D=4 H=5")
+    assert "equinox" not in point["median_seconds"]["train"] and "lstmjax" in point["median_seconds"]["train"]
 
 
 def test_relative_differences():
@@ -152,7 +170,9 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
         monkeypatch.delenv(name)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     run_dir = bm.main(argv)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "B=2 T=5 D=3 H=4 train: lstmjax " in captured.err  # each point's line as it ends (no progress bar)
     assert run_dir == tmp_path / "benchmark" / "tiny"
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "memory.png", "metrics.json", "summary.json",
                                                          "times.png"]
@@ -172,10 +192,13 @@ def test_a_tiny_run_writes_everything(tmp_path, capsys, monkeypatch, tune):
         assert point["flops"][workload] == bm.lstm_flops(bm.Point(2, 5, 3, 4), workload)
     checked = {n for n in point["check_relative_differences"]["train"] if "[" not in n}  # "[": lstmjax's own rows
     assert checked == set(available) - {"lstmjax"}
+    extra = {"lstmjax[xla]", "lstmjax[lengths]"} if ON_CPU else {"lstmjax[lengths]"}
     for workload in ("forward", "train"):  # the extra lstmjax rows are timed and checked on both workloads
-        assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["check_relative_differences"][workload])
-        assert {"lstmjax[xla]", "lstmjax[lengths]"} <= set(point["median_seconds"][workload])
-    assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]", "lstmjax[xla]"}
+        assert extra <= set(point["check_relative_differences"][workload])
+        assert extra <= set(point["median_seconds"][workload])
+    memory_rows = {"lstmjax", "lstmjax[remat=True]"} | ({"lstmjax[xla]"} if ON_CPU else set())
+    assert set(metrics["memory"]["rows"]) == memory_rows
+    assert ("PyTorch threads 1" in printed) == (ON_CPU and anchors.unavailable("torch") is None)
     assert set(metrics["lstmjax_variants"]) == {"remat", "xla", "lengths", "cudnn"}
     assert metrics["peak"]["gflops_per_second"] > 0
     lstmjax_memory = metrics["memory"]["rows"]["lstmjax"]
@@ -219,7 +242,7 @@ def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
     assert set(metrics["memory"]["rows"]) == {"lstmjax", "lstmjax[remat=True]"}
     monkeypatch.setattr(lj, "unroll", lambda cell, params, xs: original(cell, params, xs))
     variants, notes = bm.lstmjax_variants(dataclasses.replace(config, lstmjax_variants=("xla", "lengths")))
-    assert set(variants) == {"lstmjax[xla]"}  # nor a lengths parameter: lstmjax[lengths] is left out too
+    assert set(variants) == ({"lstmjax[xla]"} if ON_CPU else set())  # no lengths parameter: no lstmjax[lengths]
     assert "no remat parameter" in notes["remat"] and "no lengths parameter" in notes["lengths"]
     monkeypatch.setattr(lj, "unroll", unroll_with_remat)
     variants, _ = bm.lstmjax_variants(dataclasses.replace(config, remat_values=("False", "16", "True"),
@@ -229,6 +252,7 @@ def test_remat_is_measured_when_lj_unroll_offers_it(monkeypatch):
                                                           {"remat": True})}
 
 
+@pytest.mark.skipif(not ON_CPU, reason="lstmjax[xla] is a CPU row (the native kernels are CPU-only)")
 def test_the_lstmjax_variants_and_what_they_run(monkeypatch):
     """`lstmjax_variants` builds every extra lstmjax row, `--lstmjax-variants` choosing the xla and lengths
     ones; the xla row's cell has no native kernel, the lengths row passes full lengths, and nothing else
@@ -294,6 +318,8 @@ def test_the_cudnn_row_is_gpu_only_and_asks_lj_unroll_for_its_cudnn_path(monkeyp
 def test_the_xla_row_runs_without_the_kernel():
     """Where the native kernel runs (H >= 32, this machine has it), plain lstmjax's training step calls it
     and lstmjax[xla]'s does not: the row's ratio is the kernel's speed-up."""
+    if not ON_CPU:
+        pytest.skip("the native kernels are CPU-only")
     if not lj.native_kernel_status().available:
         pytest.skip(f"no native kernel here: {lj.native_kernel_status().reason}")
     params, xs = bm.make_inputs(bm.Point(2, 3, 4, 32), seed=7)

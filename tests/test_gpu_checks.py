@@ -42,6 +42,14 @@ def test_the_script_parses_and_names_what_exists():
         assert (SCRIPT.parents[1] / path).is_file(), path
 
 
+def test_its_steps_fit_in_one_device_command():
+    """The device tool runs one command for at most 600 s: the steps' limits (and their 10 s grace to be
+    killed) leave half a minute for the copies around them."""
+    limits = [int(m.group(1)) for m in re.finditer(r"^step \S+ (\d+) ", SCRIPT.read_text(), re.MULTILINE)]
+    assert len(limits) == 4
+    assert sum(limits) + 10 * len(limits) <= 600 - 30, limits
+
+
 @pytest.mark.parametrize("module, config", [("experiments.benchmark", benchmark.BenchmarkConfig),
                                             ("experiments.seeds_benchmark", seeds_benchmark.SeedsBenchmarkConfig)])
 def test_its_experiment_command_lines_parse(module, config):
