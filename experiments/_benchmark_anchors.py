@@ -37,7 +37,6 @@ A library that is not installed (or fails to import) is reported by `unavailable
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import math
@@ -168,7 +167,8 @@ def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None, *, native: bool 
     native CPU kernel cannot run. `full_lengths=True` passes `lengths=jnp.full(batch, T)` (built inside
     the loss, so under `jax.jit` it is a traced value like the lengths of a real batch): every sequence
     is full, so the results are plain lstmjax's, through `lj.unroll`'s variable-length path.
-    `cudnn=True` traces `lj.unroll` as with `LSTMJAX_CUDNN=1` (its opt-in cuDNN path, where it can run: a GPU)."""
+    `cudnn=True` traces `lj.unroll` as with `LSTMJAX_CUDNN=1` (its opt-in cuDNN path, where it can run: a GPU),
+    `cudnn=False` as without it, whatever the environment says."""
     unroll_kwargs = dict(unroll_kwargs or {})
 
     def loss(params: lj.LSTMParams, xs: jax.Array) -> jax.Array:
@@ -186,11 +186,10 @@ def lstmjax_anchor(unroll_kwargs: dict[str, Any] | None = None, *, native: bool 
 
 
 def _cudnn_path(enabled: bool):
-    """A context in which `lj.unroll` is traced with its cuDNN path asked for (`enabled`), or a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
+    """A context in which `lj.unroll` is traced with its opt-in cuDNN path asked for or not, as `enabled`
+    says (not as `LSTMJAX_CUDNN` happens to be: plain lstmjax is lstmjax's default, without it)."""
     from lstmjax import _cudnn
-    return _cudnn.forced(True)
+    return _cudnn.forced(enabled)
 
 
 def without_native_kernel(cell: lj.Cell) -> lj.Cell:

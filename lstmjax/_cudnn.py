@@ -23,14 +23,20 @@ the derivative's plumbing against `lj.unroll`'s XLA path), under `jax.export`, i
 (the tangent's own evaluation), for higher derivatives and under `vmap` (which therefore runs
 XLA's scan, batched, rather than one cuDNN call per item). The precision of cuDNN's products
 follows `jax_default_matmul_precision` when `lj.unroll` is traced (TF32 allowed unless it is
-`"highest"`), as XLA's own products do.
+`"highest"` or `"float32"`), as XLA's own products do.
 
 `lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 without `lengths`, `mask` or
-`resets` (with `remat`, once per checkpointed chunk) when `can_run_on_gpu` holds: opted in by
-`LSTMJAX_CUDNN=1` in the environment when `lj.unroll` is traced, JAX's default backend a single
-CUDA GPU, and jaxlib's cuDNN RNN bindings present. It is opt-in because it has not been run on a
-GPU yet: the calls into cuDNN are `jax.experimental.rnn`'s own, and everything around them is
-tested on the CPU through the references (`tests/test_cudnn.py`, which on a GPU runs it on cuDNN).
+`resets` (with `remat`, once per checkpointed chunk, only where the chunk length divides T) when
+opted in by `LSTMJAX_CUDNN=1` in the environment (read when `lj.unroll` is called) and
+`can_run_on_gpu` holds: JAX's default backend a single CUDA GPU, jaxlib's cuDNN RNN bindings
+present, `T·B·H` at most `MAX_STEP_UNITS`, a matmul precision cuDNN offers. It is opt-in because it
+has not been run on a GPU yet: the calls into cuDNN are `jax.experimental.rnn`'s own, and everything
+around them is tested on the CPU through the references (`tests/test_cudnn.py`, which on a GPU runs
+it on cuDNN). Known costs, to weigh when it is measured: the forward pass alone also runs cuDNN's
+training mode (it keeps the reserve); `jax.experimental.rnn` declares the reserve as float32
+elements of one byte each (4× its size); jaxlib copies `lengths` to the host and waits for it in
+every call; under `vmap` and in forward mode the references run instead (XLA's plain scan and its
+autodiff, not `lstmjax._fused`'s faster derivative).
 """
 
 from __future__ import annotations
@@ -86,16 +92,35 @@ CUDNN_PRECISIONS = (None, "highest", "float32", "high", "tensorfloat32", "bfloat
 `"default"`/`"bfloat16"`/`"fastest"` (bfloat16 products, which it does not offer) the path is not taken."""
 
 
+MAX_STEP_UNITS = 2 ** 25
+"""Largest `T·B·H` the path takes. jaxlib reports cuDNN's reserve and workspace sizes as 32-bit
+integers of bytes (about 24–32 bytes per step, sequence and unit for one LSTM layer), and
+`jax.experimental.rnn` declares them as float32 arrays of one element per byte: past about
+`2**31 / 64` the sizes could wrap around, so larger problems keep to XLA's scan."""
+
+
+def on_cuda() -> bool:
+    """JAX's default backend is one NVIDIA GPU (not ROCm, whose MIOpen RNN this path does not call)."""
+    if jax.default_backend() != "gpu" or jax.device_count() != 1:
+        return False
+    device = jax.devices()[0]
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    return "cuda" in version or device.device_kind.lower().startswith("nvidia")
+
+
 def can_run_on_gpu(params, xs: jax.Array, state) -> bool:
-    """Whether `cudnn_unroll` can take this call: asked for (`enabled`), float32 everywhere, concrete
-    shapes with at least one step and one sequence, a matmul precision cuDNN can follow
-    (`CUDNN_PRECISIONS`), one GPU device as JAX's default backend (with several, XLA would run an
-    opaque custom call on every device's copy of the whole batch), and the cuDNN bindings present."""
+    """Whether `cudnn_unroll` can take this call, once asked for (`enabled`): float32 everywhere, concrete
+    shapes with at least one step and one sequence and at most `MAX_STEP_UNITS` of `T·B·H`, a matmul
+    precision cuDNN can follow (`CUDNN_PRECISIONS`), JAX's default backend one CUDA GPU (with several,
+    XLA would run an opaque custom call on every device's copy of the whole batch), and the cuDNN
+    bindings present."""
     leaves = [xs, *jax.tree_util.tree_leaves(params), *jax.tree_util.tree_leaves(state)]
-    return (enabled() and all(leaf.dtype == jnp.float32 for leaf in leaves)
-            and jax.config.jax_default_matmul_precision in CUDNN_PRECISIONS
-            and all(isinstance(d, int) for leaf in leaves for d in leaf.shape) and xs.shape[0] >= 1 and xs.size > 0
-            and jax.default_backend() == "gpu" and jax.device_count() == 1 and bindings_available())
+    if not (all(leaf.dtype == jnp.float32 for leaf in leaves)
+            and all(isinstance(d, int) for leaf in leaves for d in leaf.shape) and xs.shape[0] >= 1 and xs.size > 0):
+        return False
+    step_units = xs.size // xs.shape[-1] * params.w_h.shape[0]
+    return (step_units <= MAX_STEP_UNITS and jax.config.jax_default_matmul_precision in CUDNN_PRECISIONS
+            and on_cuda() and bindings_available())
 
 
 # ---------------------------------------------------------------- the layout
@@ -201,12 +226,24 @@ backward_p = _primitive("cudnn_lstm_backward", backward_reference, _backward_ava
 
 
 def _forward_jvp(primals, tangents, **params):
-    """JVP of the forward primitive (only for higher derivatives): the reference's, `reserve`'s tangent zero."""
+    """JVP of the forward primitive (only for higher derivatives): the reference's, `reserve`'s tangent a
+    symbolic zero."""
     outputs = forward_p.bind(*primals, **params)
     reference = functools.partial(_outputs_reference, input_size=params["input_size"],
                                   hidden_size=params["hidden_size"])
     _, output_tangents = jax.jvp(reference, tuple(primals[:4]), tuple(map(ad.instantiate_zeros, tangents[:4])))
-    return outputs, [*output_tangents, jnp.zeros_like(outputs[3])]
+    return outputs, [*output_tangents, ad.Zero(jax.typeof(outputs[3]).to_tangent_aval())]
+
+
+def _backward_jvp(primals, tangents, **params):
+    """JVP of the backward primitive: cuDNN for its value, the reference for its tangent. cuDNN's backward
+    pass declares its reserve an input/output, so this never runs it twice on one reserve (as binding
+    `backward_p` again for the tangent, the linear part, would); a user who calls one `jax.vjp` function
+    twice does, which `tests/test_cudnn.py` checks on a GPU."""
+    outputs = backward_p.bind(*primals, **params)
+    _, output_tangents = jax.jvp(functools.partial(backward_reference, **params), tuple(primals),
+                                 tuple(map(ad.instantiate_zeros, tangents)))
+    return outputs, list(output_tangents)
 
 
 def _reference_under_vmap(reference):
@@ -220,7 +257,7 @@ def _reference_under_vmap(reference):
 
 ad.primitive_jvps[forward_p] = _forward_jvp
 ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference, COEFFICIENTS)
-ad.primitive_jvps[backward_p] = _linear_jvp(backward_p, backward_reference, COEFFICIENTS)
+ad.primitive_jvps[backward_p] = _backward_jvp
 ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p, COEFFICIENTS)
 ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p, COEFFICIENTS)
 for _p, _reference in ((forward_p, forward_reference_cudnn), (tangent_p, tangent_reference),

@@ -84,8 +84,9 @@ class FusedRecurrence(NamedTuple):
         native_min_hidden_size: see `native`.
         gpu: the family's GPU path, if it has one (`lstmjax._cudnn`, opt-in):
             `gpu(params, xs, state, reverse) -> (final_state, ys)`, every step real, used where
-            `lstmjax._cudnn.can_run_on_gpu` says it can be, without `lengths`, `mask` or `resets`
-            (with `remat`, once per checkpointed chunk).
+            `lstmjax._cudnn.can_run_on_gpu` says it can be, when asked for (`LSTMJAX_CUDNN=1`),
+            without `lengths`, `mask` or `resets` (with `remat`, once per checkpointed chunk, where
+            the chunk length divides T).
 
     A family with a native path only (no XLA fast path: `fused_unroll` was not faster for it)
     leaves `weights`, `forward`, `tangent` and `hidden` at `None`.

@@ -29,6 +29,7 @@ from jax.typing import ArrayLike
 
 from lstmjax._cell import Cell, Params, State, is_as_built, select_state, zero_where_invalid
 from lstmjax._cudnn import can_run_on_gpu
+from lstmjax._cudnn import enabled as cudnn_enabled
 from lstmjax._fused import fused_unroll
 from lstmjax._native import can_run_natively
 
@@ -79,9 +80,10 @@ def unroll(
     multiplies (`lstmjax._fused`). On every path, forward mode, higher derivatives, `vmap` and
     float64 work as on the step-by-step scan of `cell.step`, which every other cell and option uses,
     and give the same results to rounding. On a single NVIDIA GPU, `LSTMJAX_CUDNN=1` in the
-    environment (read when `lj.unroll` is traced) runs a float32 `lj.lstm` cell without `lengths`,
-    `mask` or `resets` on cuDNN's fused RNN, forward mode and higher derivatives included
-    (`lstmjax._cudnn`; opt-in: not yet measured on a GPU). Called outside `jit` on a built-in cell, the scan is
+    environment when `lj.unroll` is called runs a float32 `lj.lstm` cell without `lengths`, `mask`
+    or `resets` (with `remat`, only where the chunk length divides T) on cuDNN's fused RNN for the
+    forward and backward passes; forward mode, higher derivatives and `vmap` still work, on XLA's
+    scan (`lstmjax._cudnn`; opt-in: not yet run on a GPU). Called outside `jit` on a built-in cell, the scan is
     compiled once per cell, options and shapes and reused.
     """
     final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
@@ -139,10 +141,13 @@ def _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_i
     concrete = all(isinstance(leaf, (jax.Array, np.ndarray)) and not isinstance(leaf, jax.core.Tracer)
                    for leaf in jax.tree_util.tree_leaves(arrays))
     run = _run_compiled if concrete and is_as_built(cell) else _run
-    return run(cell, *arrays, reverse=reverse, chunk=chunk, with_internals=with_internals)
+    return run(cell, *arrays, reverse=reverse, chunk=chunk, with_internals=with_internals,
+               cudnn=cudnn_enabled())
 
 
-def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_internals):
+def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_internals, cudnn=False):
+    """The unroll itself; `cudnn`: whether the opt-in cuDNN path was asked for when `lj.unroll` was called
+    (a static argument, so that the compiled cache tells the two apart)."""
     steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     fused = cell.fused
     if with_internals or reset is not None or fused is None or not is_as_built(cell):
@@ -151,7 +156,7 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
               and cell.hidden_size >= fused.native_min_hidden_size and can_run_natively(params, xs, init_state)
               else None)
     # cuDNN runs every step: not with lengths or a mask, nor with remat chunks that pad the last one
-    gpu = (fused.gpu if native is None and fused is not None and fused.gpu is not None and valid is None
+    gpu = (fused.gpu if cudnn and native is None and fused is not None and fused.gpu is not None and valid is None
            and (chunk is None or steps % chunk == 0) and can_run_on_gpu(params, xs, init_state) else None)
     if fused is not None and (fused.forward is None or cell.hidden_size < fused.min_hidden_size):
         fused = None
@@ -182,7 +187,7 @@ def _run(cell, params, xs, init_state, valid, reset, reverse, chunk, with_intern
     return final_state, ys, internals
 
 
-_run_compiled = jax.jit(_run, static_argnums=0, static_argnames=("reverse", "chunk", "with_internals"))
+_run_compiled = jax.jit(_run, static_argnums=0, static_argnames=("reverse", "chunk", "with_internals", "cudnn"))
 
 
 def _step(cell, params, init_state, with_internals, carry, inputs):

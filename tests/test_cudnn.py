@@ -44,10 +44,15 @@ def _loss(unroll):
 
 
 def _both(reverse=False):
-    """`(cudnn, xla)`: the cuDNN path called directly, and `lj.unroll` (the XLA scan at this H on a CPU)."""
+    """`(cudnn, xla)`: the cuDNN path called directly, and `lj.unroll` without it (whatever `LSTMJAX_CUDNN`
+    says: the XLA scan at this H)."""
     cell = lj.lstm(HIDDEN)
-    return (lambda p, x, s: _cudnn.cudnn_unroll(p, x, s, reverse),
-            lambda p, x, s: lj.unroll(cell, p, x, s, reverse=reverse))
+
+    def xla(p, x, s):
+        with _cudnn.forced(False):
+            return lj.unroll(cell, p, x, s, reverse=reverse)
+
+    return (lambda p, x, s: _cudnn.cudnn_unroll(p, x, s, reverse)), xla
 
 
 @pytest.mark.parametrize("batch_shape, reverse", [((2, 3), False), ((5,), True), ((1,), False)])
@@ -119,8 +124,11 @@ def test_cudnns_layout_is_the_one_jax_experimental_rnn_unpacks():
 
 @pytest.fixture
 def dispatch_here(monkeypatch):
-    """`lj.unroll` takes the cuDNN path where it would on a GPU (here: through the references)."""
+    """`lj.unroll` takes the cuDNN path where it would on a GPU with `LSTMJAX_CUDNN=1` (here: through the
+    references)."""
     monkeypatch.setattr(unroll_module, "can_run_on_gpu", lambda *args: True)
+    with _cudnn.forced(True):
+        yield
 
 
 def _primitives(fn, *args):
@@ -138,13 +146,9 @@ def test_lj_unroll_takes_the_path_with_remat_and_reverse(dispatch_here):
 
 
 def _without_path(fn, *args):
-    """`fn(*args)` with `lj.unroll`'s cuDNN dispatch as it really is on this machine (off, on a CPU)."""
-    original = unroll_module.can_run_on_gpu
-    try:
-        unroll_module.can_run_on_gpu = _cudnn.can_run_on_gpu
+    """`fn(*args)` with `lj.unroll`'s cuDNN path not asked for."""
+    with _cudnn.forced(False):
         return fn(*args)
-    finally:
-        unroll_module.can_run_on_gpu = original
 
 
 def test_lj_unroll_leaves_the_path_where_cudnn_would_not_run_every_step(dispatch_here):
@@ -159,7 +163,7 @@ def test_lj_unroll_leaves_the_path_where_cudnn_would_not_run_every_step(dispatch
     assert "cudnn_lstm_forward" not in _primitives(lambda p: lj.unroll_with_internals(cell, p, xs, state)[1], params)
 
 
-def test_the_path_is_opt_in_and_needs_a_gpu(monkeypatch):
+def test_the_path_is_opt_in_and_needs_a_cuda_gpu(monkeypatch):
     _, params, xs, state = _problem()
     monkeypatch.delenv("LSTMJAX_CUDNN", raising=False)
     assert not _cudnn.enabled()
@@ -171,14 +175,74 @@ def test_the_path_is_opt_in_and_needs_a_gpu(monkeypatch):
         with _cudnn.forced(True):
             assert _cudnn.enabled()
         assert not _cudnn.enabled()
-    with _cudnn.forced(True):
-        expected = jax.default_backend() == "gpu" and jax.device_count() == 1 and _cudnn.bindings_available()
-        assert _cudnn.can_run_on_gpu(params, xs, state) is expected
-        assert not _cudnn.can_run_on_gpu(jax.tree_util.tree_map(lambda a: a.astype(jnp.float16), params), xs, state)
-        with jax.default_matmul_precision("bfloat16"):
-            assert not _cudnn.can_run_on_gpu(params, xs, state)
+    here = _cudnn.on_cuda() and _cudnn.bindings_available()
+    assert _cudnn.can_run_on_gpu(params, xs, state) is here
     if jax.default_backend() != "gpu":
-        assert _cudnn.reserve_size(2, 6, INPUTS, HIDDEN, None) == 0
+        assert not _cudnn.on_cuda() and _cudnn.reserve_size(2, 6, INPUTS, HIDDEN, None) == 0
+    # where it would run, it still declines float16, bfloat16 products and problems past MAX_STEP_UNITS
+    monkeypatch.setattr(_cudnn, "on_cuda", lambda: True)
+    monkeypatch.setattr(_cudnn, "bindings_available", lambda: True)
+    assert _cudnn.can_run_on_gpu(params, xs, state)
+    assert not _cudnn.can_run_on_gpu(jax.tree_util.tree_map(lambda a: a.astype(jnp.float16), params), xs, state)
+    with jax.default_matmul_precision("bfloat16"):
+        assert not _cudnn.can_run_on_gpu(params, xs, state)
+    monkeypatch.setattr(_cudnn, "MAX_STEP_UNITS", xs.size // INPUTS * HIDDEN - 1)
+    assert not _cudnn.can_run_on_gpu(params, xs, state)
+
+
+def test_an_eager_lj_unroll_asks_again_on_every_call(dispatch_here):
+    """`lj.unroll` outside `jit` caches its compilation: whether the path was asked for is part of the key."""
+    _, params, xs, state = _problem()
+    traced = []
+
+    def spy(*args):
+        traced.append(True)
+        return _cudnn.cudnn_unroll(*args)
+
+    cell = lj.lstm(HIDDEN)
+    cell = cell._replace(fused=cell.fused._replace(gpu=spy))
+    counts = []
+    for enabled in (False, True, False, True):
+        with _cudnn.forced(enabled):
+            before = len(traced)
+            lj.unroll(cell, params, xs, state)
+            counts.append(len(traced) - before)
+    assert counts == [0, 1, 0, 0]  # traced once, when first asked for; then the compiled program is reused
+
+
+def test_a_jitted_training_step_equals_lj_unrolls():
+    """Forward and backward passes in one compiled program (on a GPU: both cuDNN calls in one XLA program)."""
+    _, params, xs, state = _problem()
+    cudnn, xla = _both()
+    step = jax.jit(jax.value_and_grad(_loss(cudnn), argnums=(0, 1, 2)))
+    want = jax.value_and_grad(_loss(xla), argnums=(0, 1, 2))(params, xs, state)
+    assert_trees_all_close(step(params, xs, state), want, RTOL, ATOL)
+
+
+def test_one_forward_pass_serves_several_backward_passes():
+    """cuDNN declares its reserve an input/output of the backward pass: a `jax.vjp` function called twice,
+    and its JVP (Gauss-Newton products), must still give the XLA scan's results."""
+    _, params, xs, state = _problem()
+    cudnn, xla = _both()
+    outputs = lambda unroll: (lambda p: unroll(p, xs, state)[1])  # noqa: E731
+    (_, cudnn_vjp), (ys, xla_vjp) = jax.vjp(outputs(cudnn), params), jax.vjp(outputs(xla), params)
+    first, second = jnp.cos(ys), jnp.sin(3 * ys)
+    want = [xla_vjp(first), xla_vjp(second)]
+    assert_trees_all_close([cudnn_vjp(first), cudnn_vjp(second)], want, RTOL, ATOL)
+    assert_trees_all_close(cudnn_vjp(first), want[0], RTOL, ATOL)  # once more, after the second
+    tangent = jax.jvp(cudnn_vjp, (first,), (second,))
+    assert_trees_all_close(tangent, jax.jvp(xla_vjp, (first,), (second,)), RTOL, ATOL)
+
+
+def test_tf32_products_stay_close():
+    """With TF32 allowed (JAX's default on a GPU, which cuDNN then follows) the path still computes the same
+    LSTM as the XLA scan under the same setting, to TF32's precision (about 1e-3 per product)."""
+    _, params, xs, state = _problem()
+    cudnn, xla = _both()
+    with jax.default_matmul_precision("tensorfloat32"):
+        got = jax.value_and_grad(_loss(cudnn))(params, xs, state)
+        want = jax.value_and_grad(_loss(xla))(params, xs, state)
+    assert_trees_all_close(got, want, 3e-2, 3e-3)
 
 
 def test_export_and_eager_calls_use_the_references():
