@@ -64,8 +64,9 @@ _forced: list[bool] = []  # innermost `forced(...)` last
 
 @contextlib.contextmanager
 def forced(enabled: bool):
-    """Within this block `lj.unroll` (when traced) takes the cuDNN path or not as `enabled` says, whatever
-    `LSTMJAX_CUDNN` is (for benchmarks and tests; the path's other conditions still apply)."""
+    """Within this block a call of `lj.unroll` (and its tracing, under `jit`) takes the cuDNN path or not as
+    `enabled` says, whatever `LSTMJAX_CUDNN` is (for benchmarks and tests; the path's other conditions
+    still apply)."""
     _forced.append(bool(enabled))
     try:
         yield
