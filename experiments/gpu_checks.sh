@@ -40,7 +40,7 @@ step() {  # step NAME SECONDS LOG COMMAND...: run COMMAND under a time limit, it
     local start=$SECONDS
     timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
     local status=${PIPESTATUS[0]}
-    echo "== $name: exit status $status after $((SECONDS - start)) s" | tee -a "$log"
+    printf '\n== %s: exit status %s after %s s\n' "$name" "$status" "$((SECONDS - start))" | tee -a "$log"
 }
 
 step environment 40 "$out/environment.txt" python3 -c '
@@ -61,7 +61,7 @@ if _cudnn.rnn is not None:
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$out/environment.txt" 2>&1
 
 # shellcheck disable=SC2086  # $points is a list of grid points
-step benchmark 260 "$out/benchmark.log" python3 -m experiments.benchmark --points $points --repeats "$repeats" \
+step benchmark 240 "$out/benchmark.log" python3 -m experiments.benchmark --points $points --repeats "$repeats" \
     --pause-ms 5 --peak-sizes 4096 8192 --gpu-precision float32 --on-mismatch drop --lstmjax-variants cudnn \
     --memory-lengths 1000 100000 --results-dir "$scratch" --run gpu --no-progress
 for f in metrics.json times.png memory.png; do
@@ -78,7 +78,7 @@ step tests 160 "$out/tests.log" env JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLA
     tests/test_unroll.py tests/test_gradients.py tests/test_diagnostics.py tests/test_statquest_numbers.py \
     tests/test_torch_reference.py tests/test_benchmark.py
 
-step seeds 60 "$out/seeds.log" env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m experiments.seeds_benchmark \
+step seeds 80 "$out/seeds.log" env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m experiments.seeds_benchmark \
     --repeats 3 --results-dir "$scratch" --run gpu --no-progress
 cp "$scratch/seeds_benchmark/gpu/metrics.json" "$out/seeds_metrics.json" 2>/dev/null || echo "no seeds metrics" >>"$out/seeds.log"
 rm -rf "$scratch"
