@@ -46,7 +46,8 @@ class BenchmarkConfig:
 
     Attributes:
         points: grid points BxTxDxH (batch, sequence length, input size, hidden units).
-        anchors: the other libraries to time (flax, equinox, haiku, torch); lstmjax always runs.
+        anchors: the other libraries to time (flax, equinox, haiku, torch, torch_no_onednn; jax_cudnn on a GPU);
+            lstmjax always runs.
         warmup: untimed calls of each library before timing; the first compiles and is checked.
         repeats: timed rounds (each library called once per round); medians are reported.
         seed: PRNG seed of the weights and inputs.

@@ -43,8 +43,8 @@ library offers it, read at run time), timed and checked like every other library
   of `lj.unroll`'s lengths path, whichever path that is. Both workloads, memory not measured.
 
 * `lstmjax[cudnn]` (GPU only): `lj.unroll` traced with its opt-in cuDNN path (`LSTMJAX_CUDNN=1`,
-  `lstmjax._cudnn`); its ratio is that path's speed-up over lstmjax's default. Both workloads,
-  memory measured.
+  `lstmjax._cudnn`); its ratio is its time over lstmjax's default (the path off): below 1, the
+  cuDNN path is faster. Both workloads, memory measured.
 
 `--lstmjax-variants` chooses among `xla`, `lengths` and `cudnn` (default all three, each where it
 can run; `none` for none).
@@ -64,7 +64,8 @@ which every library is called once in turn (round-robin, the order rotated each 
 falls on all of them alike), each call preceded by a `--pause-ms` sleep (the worker threads of
 XLA and of PyTorch's OpenMP spin for a while after a call; on 2 cores under load, without the pause,
 the library called right after PyTorch ran about 1.5 times slower) and ended by
-`block_until_ready` (PyTorch on the CPU is synchronous). The median is reported, with each
+`block_until_ready` (PyTorch on the CPU is synchronous; on CUDA each call ends with
+`torch.cuda.synchronize()`). The median is reported, with each
 library's ratio to lstmjax (above 1: lstmjax is faster) and the geometric mean of the ratios
 over the grid. Achieved GFLOP/s count the LSTM's matrix multiplies only: `2·B·T·(D+H)·4H` for
 the forward pass and three times that for a training step, against this machine's
@@ -77,7 +78,7 @@ Memory: the training step's memory as the sequence grows (`--memory-lengths` at 
 `--memory-batch-size`, `--memory-input-size`, `--memory-hidden-size`), from XLA's compiled
 memory analysis (`jax.jit(step).lower(...).compile().memory_analysis()`: temporaries +
 arguments + outputs − aliased bytes). Nothing is run, so it is deterministic and costs only
-compilation. Measured for lstmjax, its `remat` and `xla` rows and `--memory-anchors`.
+compilation. Measured for lstmjax, its `remat`, `xla` and `cudnn` rows and `--memory-anchors`.
 
 Writes `config.json`, `metrics.json` (every timing, the checks, the machine), `summary.json` (the
 printed table) and `times.png`, `memory.png` (drawn from `metrics.json` alone by
@@ -213,7 +214,7 @@ def lstmjax_variants(config: BenchmarkConfig) -> tuple[dict[str, Variant], dict[
             variants["lstmjax[cudnn]"] = Variant("lstmjax, lj.unroll with LSTMJAX_CUDNN=1 (cuDNN)", WORKLOADS,
                                                  cudnn=True)
             notes["cudnn"] = "lstmjax[cudnn]: lj.unroll traced with its opt-in cuDNN path (LSTMJAX_CUDNN=1); its " \
-                             "ratio is that path's speed-up over lstmjax's default on this GPU"
+                             "ratio is its time over lstmjax's default (below 1: the cuDNN path is faster)"
     return variants, notes
 
 

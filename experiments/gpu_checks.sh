@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 5's GPU checks in one run, for a machine with an NVIDIA GPU:
 #
-#     bash experiments/gpu_checks.sh OUT_DIR      # at most 9 minutes (the steps' time limits)
+#     bash experiments/gpu_checks.sh OUT_DIR      # about 9½ minutes at most (the steps' time limits)
 #
 # It needs JAX with its CUDA wheels, a CUDA build of PyTorch, and lstmjax's dependencies (flax, optax,
 # orbax-checkpoint, tqdm, matplotlib, pytest, pytest-xdist; equinox and dm-haiku are timed if present).

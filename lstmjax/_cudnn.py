@@ -35,8 +35,9 @@ around them is tested on the CPU through the references (`tests/test_cudnn.py`, 
 it on cuDNN). Known costs, to weigh when it is measured: the forward pass alone also runs cuDNN's
 training mode (it keeps the reserve); `jax.experimental.rnn` declares the reserve as float32
 elements of one byte each (4× its size); jaxlib copies `lengths` to the host and waits for it in
-every call; under `vmap` and in forward mode the references run instead (XLA's plain scan and its
-autodiff, not `lstmjax._fused`'s faster derivative).
+every call; under `vmap` the references run instead, and in forward mode the tangent runs the
+reference on top of cuDNN's forward pass (XLA's plain scan and its autodiff, not `lstmjax._fused`'s
+faster derivative).
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ CUDNN_PRECISIONS = (None, "highest", "float32", "high", "tensorfloat32", "bfloat
 
 
 MAX_STEP_UNITS = 2 ** 25
-"""Largest `T·B·H` the path takes. jaxlib reports cuDNN's reserve and workspace sizes as 32-bit
-integers of bytes (about 24–32 bytes per step, sequence and unit for one LSTM layer), and
-`jax.experimental.rnn` declares them as float32 arrays of one element per byte: past about
-`2**31 / 64` the sizes could wrap around, so larger problems keep to XLA's scan."""
+"""Largest `T·B·H` the path takes: a conservative limit, not measured on a GPU. Some jaxlib versions
+have reported cuDNN's reserve and workspace sizes as 32-bit integers of bytes (roughly a few dozen
+bytes per step, sequence and unit for one LSTM layer, an estimate), and `jax.experimental.rnn`
+declares them as float32 arrays of one element per byte (4× the memory): past about `2**31 / 64`
+the sizes could wrap around, so larger problems keep to XLA's scan."""
 
 
 def on_cuda() -> bool:

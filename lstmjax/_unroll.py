@@ -79,12 +79,14 @@ def unroll(
     pass carries only the state's cotangent and forms the weight gradients as single large matrix
     multiplies (`lstmjax._fused`). On every path, forward mode, higher derivatives, `vmap` and
     float64 work as on the step-by-step scan of `cell.step`, which every other cell and option uses,
-    and give the same results to rounding. On a single NVIDIA GPU, `LSTMJAX_CUDNN=1` in the
-    environment when `lj.unroll` is called runs a float32 `lj.lstm` cell without `lengths`, `mask`
-    or `resets` (with `remat`, only where the chunk length divides T) on cuDNN's fused RNN for the
-    forward and backward passes; forward mode, higher derivatives and `vmap` still work, on XLA's
-    scan (`lstmjax._cudnn`; opt-in: not yet run on a GPU). Called outside `jit` on a built-in cell, the scan is
-    compiled once per cell, options and shapes and reused.
+    and give the same results to rounding. When JAX sees exactly one NVIDIA GPU, `LSTMJAX_CUDNN=1`
+    in the environment when `lj.unroll` is called (under `jit`: traced) runs a float32 `lj.lstm`
+    cell without `lengths`, `mask` or `resets` (with `remat`, only where the chunk length divides
+    T; T·B·H up to 2**25; not under bfloat16 matmul precision) on cuDNN's fused RNN for the
+    forward and backward passes; forward mode and higher derivatives still work (their tangents
+    on XLA's scan), and `vmap` runs XLA's scan (`lstmjax._cudnn`; opt-in: not yet run on a GPU).
+    Called outside `jit` on a built-in cell, the scan is compiled once per cell, options and shapes
+    and reused.
     """
     final_state, ys, _ = _scan(cell, params, xs, state, lengths, reverse, mask, resets, remat, with_internals=False)
     return final_state, ys
