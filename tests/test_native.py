@@ -252,6 +252,31 @@ def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
     assert "lstm_forward" not in _ops(lambda p: lj.unroll(cell, p, xs, state, **options), params)
 
 
+def check_xla_path_where_the_kernel_does_not_apply(case, problem, family, min_hidden_size, other_cell):
+    """A GRU's or RNN's `lj.unroll` takes its kernel (`{family}_forward`) and leaves it in each `case`:
+    float64, `resets`, below `min_hidden_size` (the threshold itself takes it), `unroll_with_internals`,
+    and `other_cell` (another family, which must not reach this kernel). `problem(hidden)` gives
+    `(cell, params, xs, state)` with xs `(6, 4, 3)`."""
+    hidden = min_hidden_size - 1 if case == "below_threshold" else 32
+    cell, params, xs, state = problem(hidden)
+    uses_kernel = lambda f, *a: f"{family}_forward" in _ops(f, *a)  # noqa: E731
+    assert case == "below_threshold" or uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
+    if case == "float64":
+        with jax.enable_x64(True):
+            params, xs, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, xs, state))
+            assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
+    elif case == "resets":
+        assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state, resets=np.zeros((6, 4), bool)), params)
+    elif case == "with_internals":
+        assert not uses_kernel(lambda p: lj.unroll_with_internals(cell, p, xs, state), params)
+    elif case == "below_threshold":
+        assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
+        at, params, xs, state = problem(min_hidden_size)
+        assert uses_kernel(lambda p: lj.unroll(at, p, xs, state), params), "the threshold itself takes the kernel"
+    else:
+        assert not uses_kernel(lambda p: lj.unroll(other_cell, p, xs), other_cell.init(jax.random.PRNGKey(0), 3))
+
+
 def _run_python(code, **environment):
     env = {**os.environ, **environment}
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,

@@ -22,6 +22,7 @@ from test_native import (
     check_gradient_runs_both_kernels,
     check_native_accuracy,
     check_remat_per_chunk,
+    check_xla_path_where_the_kernel_does_not_apply,
 )
 
 import lstmjax as lj
@@ -112,25 +113,8 @@ def test_remat_runs_one_kernel_pair_per_chunk_with_the_plain_gradient():
 
 @pytest.mark.parametrize("case", ["float64", "resets", "below_threshold", "with_internals", "lstm"])
 def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
-    hidden = _native_gru.MIN_HIDDEN_SIZE - 1 if case == "below_threshold" else 32
-    cell, params, xs, state = _problem(6, (4,), 3, hidden)
-    uses_kernel = lambda f, *a: "gru_forward" in _ops(f, *a)  # noqa: E731
-    assert case == "below_threshold" or uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
-    if case == "float64":
-        with jax.enable_x64(True):
-            params, xs, state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), (params, xs, state))
-            assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
-    elif case == "resets":
-        assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state, resets=np.zeros((6, 4), bool)), params)
-    elif case == "with_internals":
-        assert not uses_kernel(lambda p: lj.unroll_with_internals(cell, p, xs, state), params)
-    elif case == "lstm":
-        lstm = lj.lstm(64)
-        assert not uses_kernel(lambda p: lj.unroll(lstm, p, xs), lstm.init(jax.random.PRNGKey(0), 3))
-    else:
-        assert not uses_kernel(lambda p: lj.unroll(cell, p, xs, state), params)
-        at, params, xs, state = _problem(6, (4,), 3, _native_gru.MIN_HIDDEN_SIZE)
-        assert uses_kernel(lambda p: lj.unroll(at, p, xs, state), params), "the threshold itself takes the kernel"
+    check_xla_path_where_the_kernel_does_not_apply(case, lambda hidden: _problem(6, (4,), 3, hidden), "gru",
+                                                   _native_gru.MIN_HIDDEN_SIZE, lj.lstm(64))
 
 
 def test_kernel_refuses_inconsistent_shapes_by_name():
