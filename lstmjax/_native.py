@@ -7,7 +7,7 @@ kernel (`native/lstm_cpu.cc`, AVX-512, on XLA's thread pool: register-blocked ma
 nonlinearities fused in, the batch rows split across threads). Everything else stays in XLA.
 
 The derivative is laid out as in `lstmjax._fused` (a `jax.custom_jvp` whose tangent JAX transposes
-into the backward pass), with three primitives:
+into the backward pass), with three primitives for the time loops:
 
 * `lstm_forward`: `(hs, c_last, gates, cs) = forward(xs, valid, w_x, w_h, b, h0, c0)`, with `hs`
   (`(T, B, H)`) the short-term memory after each step, `gates` (`(T, B, 4H)`, the values of
@@ -21,19 +21,26 @@ into the backward pass), with three primitives:
   (`dxs·w_x + xs·dw_x + db + h_{t-1}·dw_h`, formed outside the loop); linear in `(dz, dh0, dc0)`,
   with `w_h, gates, cs, c0, valid` as coefficients;
 * `lstm_backward`: the transpose of `lstm_tangent`, `(dz, dh0, dc0) = Lᵀ(ct_ys, ct_h, ct_c)`:
-  backpropagation through time carrying only `dh, dc`, native. The weight gradients are then the
-  transposes of the products outside the loop: single large matrix multiplies in XLA.
+  backpropagation through time carrying only `dh, dc`, native.
 
-Each primitive has a pure-JAX reference (a `lax.scan`) that defines it: the references give the
-primitives' lowering off the CPU and under `jax.export`, and their derivatives where a coefficient
-has a tangent (Hessians and other higher derivatives). Under `vmap`, a mapped axis of the data
-alone is folded into the kernel's batch, and a mapped weight (`vmap` over models or seeds) gives
-one kernel call per item in a `lax.map`. The tests check values and derivatives of every kind
-(`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
+The weights' part of `dz`, `xs·dw_x + h_{t-1}·dw_h + db`, is a fourth primitive,
+`lstm_weight_projection` (linear in the weights' tangents, XLA products), so that its transpose,
+the weight gradients `(Σ_t x_tᵀ·dz_t, Σ_t h_{t-1}ᵀ·dz_t, Σ dz)`, is a fifth, `lstm_weight_gradient`:
+one pass of a native kernel (`native/weight_gradient_cpu.cc`) over `dz`, reading `h_{t-1}` from
+`h0` and `hs` in place, faster than XLA's own products (README, Performance). `dxs·w_x` stays an
+XLA product.
+
+Each primitive has a pure-JAX reference (a `lax.scan`, or plain products) that defines it: the
+references give the primitives' lowering off the CPU and under `jax.export`, and their derivatives
+where a coefficient has a tangent (Hessians and other higher derivatives). Under `vmap`, a mapped
+axis of the data alone is folded into the kernel's batch, and a mapped weight (`vmap` over models
+or seeds) gives one kernel call per item in a `lax.map`; the two weight primitives run their
+references under `vmap` (a weight gradient sums over the batch, so it cannot fold into it). The
+tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
 `vmap` both ways against the XLA scan and float64.
 
 `lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 without `resets`, from
-`MIN_HIDDEN_SIZE` up (with `remat`, each checkpointed chunk of steps is one pair of calls), when
+`MIN_HIDDEN_SIZE` up (with `remat`, each checkpointed chunk of steps is one set of calls), when
 `can_run_natively` holds: concrete shapes, a single CPU device as the default backend and the
 kernel available (`lstmjax._native_build`:
 Linux on x86-64 with AVX-512F and a C++ compiler). With several devices it is not used: XLA
@@ -56,7 +63,6 @@ from jax.custom_derivatives import SymbolicZero
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from lstmjax._fused import _sum_terms
 from lstmjax._native_build import TARGETS, native_kernel_status
 
 MIN_HIDDEN_SIZE = 32
@@ -121,11 +127,15 @@ def backward_reference(w_h, gates, cs, c0, valid, ct_ys, ct_h, ct_c):
 
 # ---------------------------------------------------------------- primitives
 
-def _threads(batch: int) -> int:
-    """Most workers for a batch of `batch` rows: every core this process may use, at most one per row block
-    (the kernel also takes no more than XLA's thread pool has)."""
+def _cores() -> int:
+    """The cores this process may use, at most 256 (a kernel also takes no more than XLA's thread pool has)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, batch // ROW_BLOCK, 256))
+    return max(1, min(cores, 256))
+
+
+def _threads(batch: int) -> int:
+    """Most workers for a batch of `batch` rows: every core this process may use, at most one per row block."""
+    return max(1, min(_cores(), batch // ROW_BLOCK))
 
 
 def _aval(shape, dtype):
@@ -359,6 +369,72 @@ for _p in (forward_p, tangent_p, backward_p):
     batching.primitive_batchers[_p] = _batching_rule(_p, *_BATCH_AXES[_p], _REFERENCES[_p])
 
 
+# ---------------------------------------------------------------- the weight gradients
+
+def _rows(a: jax.Array) -> jax.Array:
+    """`(T, B, n)` -> `(T·B, n)`."""
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[-1])
+
+
+def _h_before(h0: jax.Array, hs: jax.Array) -> jax.Array:
+    """`h_{t-1}` of every step, `(T, B, H)`: `h0` then `hs` without its last step."""
+    return jnp.concatenate([h0[None], hs[:-1]])
+
+
+def projection_reference(xs, h0, hs, dw_x, dw_h, db):
+    """`[dz]`, `dz = xs·dw_x + h_{t-1}·dw_h + db` `(T, B, G)`: the weights' part of the tangent of every
+    step's pre-activations; linear in `(dw_x, dw_h, db)`."""
+    products = _rows(xs) @ dw_x + _rows(_h_before(h0, hs)) @ dw_h + db
+    return [products.reshape(*hs.shape[:2], -1)]
+
+
+def weight_gradient_reference(xs, h0, hs, dz):
+    """`[dw_x, dw_h, db]`, the transpose of `projection_reference`: `Σ_t x_tᵀ·dz_t`, `Σ_t h_{t-1}ᵀ·dz_t`
+    and `dz` summed over steps and rows."""
+    rows = _rows(dz)
+    return [_rows(xs).T @ rows, _rows(_h_before(h0, hs)).T @ rows, rows.sum(0)]
+
+
+def _weight_gradient_native(xs, h0, hs, dz):
+    """`weight_gradient` on the kernel (`native/weight_gradient_cpu.cc`): one pass over `dz`, reading
+    `h_{t-1}` from `h0` and `hs` in place."""
+    inputs, hidden, gates = xs.shape[-1], hs.shape[-1], dz.shape[-1]
+    shapes = [jax.ShapeDtypeStruct(s, dz.dtype) for s in ((inputs, gates), (hidden, gates), (gates,))]
+    return jax.ffi.ffi_call(TARGETS["weight_gradient"], shapes)(xs, h0, hs, dz, threads=np.int32(_cores()))
+
+
+def _projection_avals(xs, h0, hs, dw_x, dw_h, db):
+    return (_aval((*hs.shape[:2], db.shape[0]), hs.dtype),)
+
+
+def _weight_gradient_avals(xs, h0, hs, dz):
+    return (_aval((xs.shape[-1], dz.shape[-1]), dz.dtype), _aval((hs.shape[-1], dz.shape[-1]), dz.dtype),
+            _aval(dz.shape[-1:], dz.dtype))
+
+
+def _reference_batching(reference):
+    """`vmap` of a primitive as its reference under `vmap` (XLA's batched products): weight gradients do
+    not fold into a batch, since they sum over it."""
+    def rule(args, dims, **params):
+        outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
+        return list(outputs), [0] * len(outputs)
+    return rule
+
+
+projection_p = _primitive("lstm_weight_projection", projection_reference, _projection_avals)
+weight_gradient_p = _primitive("lstm_weight_gradient", weight_gradient_reference, _weight_gradient_avals,
+                               _weight_gradient_native)
+PRODUCT_COEFFICIENTS = 3  # projection_p and weight_gradient_p: (xs, h0, hs) first, then the linear arguments
+
+ad.primitive_jvps[projection_p] = _linear_jvp(projection_p, projection_reference, PRODUCT_COEFFICIENTS)
+ad.primitive_jvps[weight_gradient_p] = _linear_jvp(weight_gradient_p, weight_gradient_reference,
+                                                   PRODUCT_COEFFICIENTS)
+ad.primitive_transposes[projection_p] = _linear_transpose(weight_gradient_p, PRODUCT_COEFFICIENTS)
+ad.primitive_transposes[weight_gradient_p] = _linear_transpose(projection_p, PRODUCT_COEFFICIENTS)
+batching.primitive_batchers[projection_p] = _reference_batching(projection_reference)
+batching.primitive_batchers[weight_gradient_p] = _reference_batching(weight_gradient_reference)
+
+
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry
 
 @jax.custom_jvp
@@ -371,14 +447,16 @@ def _sequence_jvp(primals, tangents):
     w_x, w_h, b, xs, valid, h0, c0 = primals
     dw_x, dw_h, db, dxs, _, dh0, dc0 = tangents
     hs, c_last, gates, cs = forward_p.bind(xs, valid, w_x, w_h, b, h0, c0, save=True)
-    h_before = jnp.concatenate([h0[None], hs[:-1]])
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
-    # As 2-D products, so that their transposes (the weight gradients) read dz (T·B, 4H) as it is laid out.
-    terms = [(dxs, lambda d: rows(d) @ w_x), (dw_x, lambda d: rows(xs) @ d), (db, lambda d: d[None]),
-             (dw_h, lambda d: rows(h_before) @ d)]
-    dz = _sum_terms(terms)
-    dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else jnp.broadcast_to(dz, rows(gates).shape)
-    dz = dz.reshape(gates.shape)
+    # dz = dxs·w_x + (xs·dw_x + h_{t-1}·dw_h + db): the weights' part is projection_p, whose transpose
+    # (the weight gradients under jax.grad) is the native weight_gradient_p.
+    dz = None if isinstance(dxs, SymbolicZero) else (_rows(dxs) @ w_x).reshape(gates.shape)
+    weights = (dw_x, dw_h, db)
+    if not all(isinstance(t, SymbolicZero) for t in weights):
+        weights = [jnp.zeros(p.shape, p.dtype) if isinstance(t, SymbolicZero) else t
+                   for t, p in zip(weights, (w_x, w_h, b))]
+        (from_weights,) = projection_p.bind(xs, h0, hs, *weights)
+        dz = from_weights if dz is None else dz + from_weights
+    dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else dz
     dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))
     dhs, _, dc_last = tangent_p.bind(w_h, gates, cs, c0, valid, dz, dh0, dc0)
     return (hs, c_last), (dhs, dc_last)

@@ -1,8 +1,8 @@
 """Building and loading the native CPU kernels of `lj.unroll` (`native/*.cc`, one library).
 
-The kernels (the LSTM's, `native/lstm_cpu.cc`, the GRU's, `native/gru_cpu.cc`, and the vanilla RNN's,
-`native/rnn_cpu.cc`) are C++ with AVX-512
-intrinsics, called by XLA as FFI custom calls on XLA's own threads. They are
+The kernels (the LSTM's, `native/lstm_cpu.cc`, the GRU's, `native/gru_cpu.cc`, the vanilla RNN's,
+`native/rnn_cpu.cc`, and the LSTM's weight gradients, `native/weight_gradient_cpu.cc`) are C++ with
+AVX-512 intrinsics, called by XLA as FFI custom calls on XLA's own threads. They are
 compiled on first use, not at install time, because the library is built for the machine it runs on
 (`-march=native`) against the XLA FFI headers of the installed jaxlib (`jax.ffi.include_dir()`):
 
@@ -44,15 +44,17 @@ import jaxlib
 
 _FOLDER = pathlib.Path(__file__).with_name("native")
 # compiled together into one library
-SOURCES = (_FOLDER / "lstm_cpu.cc", _FOLDER / "gru_cpu.cc", _FOLDER / "rnn_cpu.cc")
+SOURCES = (_FOLDER / "lstm_cpu.cc", _FOLDER / "gru_cpu.cc", _FOLDER / "rnn_cpu.cc", _FOLDER / "weight_gradient_cpu.cc")
 HEADERS = (_FOLDER / "lstm_simd.h", _FOLDER / "ffi_support.h")  # included by the sources
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17")
 TARGETS = {"forward": "lstmjax_lstm_forward", "backward": "lstmjax_lstm_backward",
            "gru_forward": "lstmjax_gru_forward", "gru_backward": "lstmjax_gru_backward",
-           "rnn_forward": "lstmjax_rnn_forward", "rnn_backward": "lstmjax_rnn_backward"}
+           "rnn_forward": "lstmjax_rnn_forward", "rnn_backward": "lstmjax_rnn_backward",
+           "weight_gradient": "lstmjax_weight_gradient"}
 HANDLERS = {"forward": "LstmForwardHandler", "backward": "LstmBackwardHandler",
             "gru_forward": "GruForwardHandler", "gru_backward": "GruBackwardHandler",
-            "rnn_forward": "RnnForwardHandler", "rnn_backward": "RnnBackwardHandler"}
+            "rnn_forward": "RnnForwardHandler", "rnn_backward": "RnnBackwardHandler",
+            "weight_gradient": "WeightGradientHandler"}
 
 
 class NativeStatus(NamedTuple):
