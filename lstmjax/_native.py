@@ -65,7 +65,7 @@ from jax.interpreters import ad, batching, mlir
 
 from lstmjax._native_build import TARGETS, native_kernel_status
 
-MIN_HIDDEN_SIZE = 32
+MIN_HIDDEN_SIZE = 16
 """The native path is used from this hidden size up (see `lstmjax._unroll.unroll`)."""
 
 ROW_BLOCK = 4  # the kernel's batch rows come in blocks of this many

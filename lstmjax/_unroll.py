@@ -68,7 +68,7 @@ def unroll(
         `(final_state, ys)` in `lax.scan`'s order, `ys` of shape `(T, *batch, H)`.
 
     On a single CPU device (Linux, x86-64 with AVX-512F, a C++ compiler), an `lj.lstm` cell in
-    float32 from H = 32, an `lj.gru` cell from H = 16 and an `lj.rnn` cell from H = 4, with at least
+    float32 and an `lj.gru` cell from H = 16 and an `lj.rnn` cell from H = 4, with at least
     one step and one sequence and without `resets` (and not in `unroll_with_internals`), run both
     time loops (forward, and backward under `jax.grad`) in a native kernel called by XLA, `lengths`,
     `mask` and `remat` included (`lstmjax._native`, `lstmjax._native_gru`, `lstmjax._native_rnn`;

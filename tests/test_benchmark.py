@@ -316,7 +316,7 @@ def test_the_cudnn_row_is_gpu_only_and_asks_lj_unroll_for_its_cudnn_path(monkeyp
 
 
 def test_the_xla_row_runs_without_the_kernel():
-    """Where the native kernel runs (H >= 32, this machine has it), plain lstmjax's training step calls it
+    """Where the native kernel runs (H >= 16, this machine has it), plain lstmjax's training step calls it
     and lstmjax[xla]'s does not: the row's ratio is the kernel's speed-up."""
     if not ON_CPU:
         pytest.skip("the native kernels are CPU-only")

@@ -234,8 +234,11 @@ def check_remat_per_chunk(cell, params, xs, state, family, chunk):
 
 @pytest.mark.parametrize("case", ["float64", "resets", "below_threshold", "gru", "with_internals"])
 def test_lj_unroll_uses_the_xla_path_where_the_kernel_does_not_apply(case):
-    hidden = 16 if case == "below_threshold" else 64
+    hidden = _native.MIN_HIDDEN_SIZE - 1 if case == "below_threshold" else 64
     cell, params, xs, state = _problem(6, (4,), 3, hidden)
+    if case == "below_threshold":  # and the threshold itself takes the kernel
+        threshold, params_at, xs_at, state_at = _problem(6, (4,), 3, _native.MIN_HIDDEN_SIZE)
+        assert "lstm_forward" in _ops(lambda p: lj.unroll(threshold, p, xs_at, state_at), params_at)
     options = {"resets": {"resets": np.zeros((6, 4), bool)}}.get(case, {})
     if case == "gru":
         cell = lj.gru(hidden)
