@@ -36,8 +36,9 @@ where a coefficient has a tangent (Hessians and other higher derivatives). Under
 axis of the data alone is folded into the kernel's batch, and a mapped weight (`vmap` over models
 or seeds) gives one kernel call per item in a `lax.map`; the two weight primitives run their
 references under `vmap` (a weight gradient sums over the batch, so it cannot fold into it). The
-tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
-`vmap` both ways against the XLA scan and float64.
+tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse,
+reverse-over-forward, reverse-over-reverse) and `vmap` both ways against the XLA scan and
+float64.
 
 `lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 without `resets`, from
 `MIN_HIDDEN_SIZE` up (with `remat`, each checkpointed chunk of steps is one set of calls), when
