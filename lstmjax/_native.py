@@ -34,8 +34,8 @@ Each primitive has a pure-JAX reference (a `lax.scan`, or plain products) that d
 references give the primitives' lowering off the CPU and under `jax.export`, and their derivatives
 where a coefficient has a tangent (Hessians and other higher derivatives). Under `vmap`, a mapped
 axis of the data alone is folded into the kernel's batch, and a mapped weight (`vmap` over models
-or seeds) gives one kernel call per item in a `lax.map`; the two weight primitives run their
-references under `vmap` (a weight gradient sums over the batch, so it cannot fold into it). The
+or seeds) gives one kernel call per item in a `lax.map`, as does any mapped axis of the weight
+gradient (which sums over the batch, so nothing can fold into it). The
 tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse,
 reverse-over-forward, reverse-over-reverse) and `vmap` both ways against the XLA scan and
 float64.
@@ -339,19 +339,24 @@ def _batching_rule(primitive, axes, output_axes, reference):
             outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
             return list(outputs), [0] * len(outputs)
         if any(d is not None for a, d in zip(axes, dims) if a is None):
-            mapped = [jnp.moveaxis(a, d, 0) if d is not None else None for a, d in zip(args, dims)]
-
-            def one(items):
-                return primitive.bind(*[a if item is None else item for a, item in zip(args, items)], **params)
-
-            outputs = lax.map(one, mapped)
-            return list(outputs), [0] * len(outputs)
+            return _per_item(primitive, args, dims, params)
         folded = [a if axis is None else _fold(a, d, axis, size) for a, d, axis in zip(args, dims, axes)]
         outputs = primitive.bind(*folded, **params)
         out_axes = output_axes(**params)
         return ([o if axis is None else _unfold(o, axis, size) for o, axis in zip(outputs, out_axes)],
                 list(out_axes))
     return rule
+
+
+def _per_item(primitive, args, dims, params):
+    """`vmap` of `primitive` as one call per mapped item (`lax.map`); every result mapped along axis 0."""
+    mapped = [jnp.moveaxis(a, d, 0) if d is not None else None for a, d in zip(args, dims)]
+
+    def one(items):
+        return primitive.bind(*[a if item is None else item for a, item in zip(args, items)], **params)
+
+    outputs = lax.map(one, mapped)
+    return list(outputs), [0] * len(outputs)
 
 
 def _fold(a, dim, axis, size):
@@ -414,12 +419,20 @@ def _weight_gradient_avals(xs, h0, hs, dz):
 
 
 def _reference_batching(reference):
-    """`vmap` of a primitive as its reference under `vmap` (XLA's batched products): weight gradients do
-    not fold into a batch, since they sum over it."""
+    """`vmap` of `projection_p`: its reference under `vmap` (XLA's batched products)."""
     def rule(args, dims, **params):
         outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
         return list(outputs), [0] * len(outputs)
     return rule
+
+
+def _weight_gradient_batching(args, dims, **params):
+    """`vmap` of `weight_gradient_p`: one kernel call per item (a weight gradient sums over the batch, so
+    a mapped axis cannot fold into it), so that vmapped seeds or examples get the same sums, in the
+    same order, as each run alone; the reference under `vmap` for an empty axis."""
+    if next(a.shape[d] for a, d in zip(args, dims) if d is not None) == 0:
+        return _reference_batching(weight_gradient_reference)(args, dims, **params)
+    return _per_item(weight_gradient_p, args, dims, params)
 
 
 projection_p = _primitive("lstm_weight_projection", projection_reference, _projection_avals)
@@ -433,7 +446,7 @@ ad.primitive_jvps[weight_gradient_p] = _linear_jvp(weight_gradient_p, weight_gra
 ad.primitive_transposes[projection_p] = _linear_transpose(weight_gradient_p, PRODUCT_COEFFICIENTS)
 ad.primitive_transposes[weight_gradient_p] = _linear_transpose(projection_p, PRODUCT_COEFFICIENTS)
 batching.primitive_batchers[projection_p] = _reference_batching(projection_reference)
-batching.primitive_batchers[weight_gradient_p] = _reference_batching(weight_gradient_reference)
+batching.primitive_batchers[weight_gradient_p] = _weight_gradient_batching
 
 
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry

@@ -110,17 +110,32 @@ def test_a_training_step_through_lj_unroll_runs_the_kernel_once_per_chunk():
 
 
 def test_vmap_over_examples_gives_each_its_own_weight_gradient():
-    """Per-example gradients: the weight primitives run their references under `vmap` (a kernel call
-    would sum over the folded batch) and equal a loop over examples."""
+    """Per-example gradients: the kernel runs once per example (it sums over the batch, so the mapped
+    axis cannot join it) and the results equal a loop over examples."""
     cell, params, xs, state = _problem(6, (4,), 3, 32)
     per_example = jax.vmap(lambda x, s: jax.grad(_loss(cell))(params, x[:, None], jax.tree_util.tree_map(
         lambda a: a[None], s)), in_axes=(1, 0))
+    assert "lstmjax_weight_gradient" in jax.jit(per_example).lower(xs, state).as_text()
     batched = jax.jit(per_example)(xs, state)
     for index in range(4):
         one = jax.grad(_loss(cell))(params, xs[:, index:index + 1],
                                     jax.tree_util.tree_map(lambda a: a[index:index + 1], state))
         for got, want in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(one)):
             np.testing.assert_allclose(np.asarray(got[index]), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_over_seeds_sums_as_each_seed_alone():
+    """Seeds trained together (`vmap` over stacked weights) get the weight gradients each would get
+    alone, to float32 rounding of XLA's own batched ops: every kernel runs once per seed on the
+    same shapes, so that training runs that differ only in how they are batched stay together."""
+    cell, params, xs, state = _problem(60, (8,), 3, 32)  # 480 rows: XLA's products sum them in another order
+    seeds = jax.tree_util.tree_map(lambda w: jnp.stack([w, 0.5 * w, -w]), params)
+    gradient = jax.jit(jax.grad(_loss(cell)))
+    together = jax.jit(jax.vmap(jax.grad(_loss(cell)), in_axes=(0, None, None)))(seeds, xs, state)
+    for index in range(3):
+        alone = gradient(jax.tree_util.tree_map(lambda w: w[index], seeds), xs, state)
+        for got, want in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone)):
+            np.testing.assert_allclose(np.asarray(got[index]), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
 def test_kernel_refuses_inconsistent_shapes_by_name():
