@@ -435,6 +435,20 @@ def _weight_gradient_batching(args, dims, **params):
     return _per_item(weight_gradient_p, args, dims, params)
 
 
+def project_weight_tangents(xs, h0, hs, dw_x, dw_h, db, gates: int):
+    """`xs·dw_x + h_{t-1}·dw_h + db` `(T, B, gates)` from the weights' tangents (`None` or a symbolic
+    zero for none; `xs` may have no inputs, `(T, B, 0)`), as `projection_p`, so that under `jax.grad`
+    the weight gradients are one pass of the native kernel over the backward's result (the LSTM, and
+    the recurrent weights of the GRU and the RNN); `None` if every tangent is zero."""
+    tangents = (dw_x, dw_h, db)
+    if all(t is None or isinstance(t, SymbolicZero) for t in tangents):
+        return None
+    shapes = ((xs.shape[-1], gates), (hs.shape[-1], gates), (gates,))
+    dw_x, dw_h, db = (jnp.zeros(shape, hs.dtype) if t is None or isinstance(t, SymbolicZero) else t
+                      for t, shape in zip(tangents, shapes))
+    return projection_p.bind(xs, h0, hs, dw_x, dw_h, db)[0]
+
+
 projection_p = _primitive("lstm_weight_projection", projection_reference, _projection_avals)
 weight_gradient_p = _primitive("lstm_weight_gradient", weight_gradient_reference, _weight_gradient_avals,
                                _weight_gradient_native)
@@ -464,11 +478,8 @@ def _sequence_jvp(primals, tangents):
     # dz = dxs·w_x + (xs·dw_x + h_{t-1}·dw_h + db): the weights' part is projection_p, whose transpose
     # (the weight gradients under jax.grad) is the native weight_gradient_p.
     dz = None if isinstance(dxs, SymbolicZero) else (_rows(dxs) @ w_x).reshape(gates.shape)
-    weights = (dw_x, dw_h, db)
-    if not all(isinstance(t, SymbolicZero) for t in weights):
-        weights = [jnp.zeros(p.shape, p.dtype) if isinstance(t, SymbolicZero) else t
-                   for t, p in zip(weights, (w_x, w_h, b))]
-        (from_weights,) = projection_p.bind(xs, h0, hs, *weights)
+    from_weights = project_weight_tangents(xs, h0, hs, dw_x, dw_h, db, gates.shape[-1])
+    if from_weights is not None:
         dz = from_weights if dz is None else dz + from_weights
     dz = jnp.zeros(gates.shape, gates.dtype) if dz is None else dz
     dh0, dc0 = (jnp.zeros(h0.shape, h0.dtype) if isinstance(t, SymbolicZero) else t for t in (dh0, dc0))

@@ -39,7 +39,6 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.interpreters import ad, batching
 
-from lstmjax._fused import _sum_terms
 from lstmjax._native import (
     _aval,
     _batching_rule,
@@ -53,6 +52,7 @@ from lstmjax._native import (
     _reference_jvp,
     _threads,
     _unpad,
+    project_weight_tangents,
     unroll_over_projection,
 )
 from lstmjax._native_build import TARGETS
@@ -203,12 +203,12 @@ def _sequence_jvp(primals, tangents):
     w_h, b_hn, xz, valid, h0 = primals
     dw_h, db_hn, dxz, _, dh0 = tangents
     hs, gates, hn = forward_p.bind(xz, valid, w_h, b_hn, h0, save=True)
-    h_before = jnp.concatenate([h0[None], hs[:-1]])
     hidden = w_h.shape[0]
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
-    # As 2-D products, so that their transposes (the weight gradients) read dhz (T·B, 3H) as it is laid out.
-    dhz = _sum_terms([(dw_h, lambda d: rows(h_before) @ d), (db_hn, lambda d: jnp.pad(d, (2 * hidden, 0))[None])])
-    dhz = jnp.zeros(xz.shape, xz.dtype) if dhz is None else jnp.broadcast_to(dhz, rows(xz).shape).reshape(xz.shape)
+    # dhz = h_{t-1}·dw_h + [0, 0, db_hn]: its transpose is the native weight-gradient kernel's pass
+    db = None if isinstance(db_hn, SymbolicZero) else jnp.pad(db_hn, (2 * hidden, 0))
+    no_inputs = jnp.zeros((*hs.shape[:2], 0), hs.dtype)
+    dhz = project_weight_tangents(no_inputs, h0, hs, None, dw_h, db, 3 * hidden)
+    dhz = jnp.zeros(xz.shape, xz.dtype) if dhz is None else dhz
     dxz, dh0 = (jnp.zeros(p.shape, p.dtype) if isinstance(t, SymbolicZero) else t for t, p in ((dxz, xz), (dh0, h0)))
     (dhs,) = tangent_p.bind(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0)
     return hs, dhs

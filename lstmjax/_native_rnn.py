@@ -57,6 +57,7 @@ from lstmjax._native import (
     _reference_jvp,
     _threads,
     _unpad,
+    project_weight_tangents,
     unroll_over_projection,
 )
 from lstmjax._native_build import TARGETS
@@ -191,11 +192,11 @@ def _sequence_jvp(activation, primals, tangents):
     w_h, xz, valid, h0 = primals
     dw_h, dxz, _, dh0 = tangents
     (hs,) = forward_p.bind(xz, valid, w_h, h0, activation=activation)
-    h_before = jnp.concatenate([h0[None], hs[:-1]])
-    rows = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (T, B, n) -> (T·B, n)
-    # As 2-D products, so that their transposes (the weight gradients) read dz (T·B, H) as it is laid out.
-    dz = _sum_terms([(dxz, rows), (dw_h, lambda d: rows(h_before) @ d)])
-    dz = jnp.zeros(xz.shape, xz.dtype) if dz is None else dz.reshape(xz.shape)
+    # dz = dxz + h_{t-1}·dw_h: the second term's transpose is the native weight-gradient kernel's pass
+    no_inputs = jnp.zeros((*hs.shape[:2], 0), hs.dtype)
+    recurrent = project_weight_tangents(no_inputs, h0, hs, None, dw_h, None, w_h.shape[-1])
+    dz = _sum_terms([(dxz, lambda d: d), (recurrent, lambda d: d)])
+    dz = jnp.zeros(xz.shape, xz.dtype) if dz is None else dz
     dh0 = jnp.zeros(h0.shape, h0.dtype) if isinstance(dh0, SymbolicZero) else dh0
     (dhs,) = tangent_p.bind(w_h, hs, valid, dz, dh0, activation=activation)
     return hs, dhs

@@ -127,12 +127,14 @@ def test_the_gradient_runs_the_backward_kernel_and_no_loop():
 
 
 def check_gradient_runs_both_kernels(cell, params, xs, state, family):
-    """Under `jax.grad` both time loops are the kernel's (the compiled program has no while loop), and
-    the backward writes its result over a saved buffer of the same shape (no new `(T, B, ·)` buffer)."""
+    """Under `jax.grad` both time loops are the kernel's (the compiled program has no while loop), the
+    recurrent weights' gradient is one pass of the weight-gradient kernel, and the backward writes its
+    result over a saved buffer of the same shape (no new `(T, B, ·)` buffer)."""
     ops = _ops(jax.grad(_loss(cell)), params, xs, state)
     assert {f"{family}_forward", f"{family}_backward"} <= ops and "scan" not in ops, ops
     hlo = jax.jit(jax.grad(_loss(cell))).lower(params, xs, state).as_text()
     assert f"lstmjax_{family}_backward" in hlo and "while" not in hlo
+    assert hlo.count("@lstmjax_weight_gradient") == 1
     backward = next(line for line in hlo.splitlines() if f"@lstmjax_{family}_backward" in line)
     assert "output_operand_aliases" in backward, "the backward must write over an input, not a new buffer"
 
