@@ -15,8 +15,9 @@ the recurrence over `xz` is a `jax.custom_jvp` with three primitives:
   `(dxz, dhz, dh0)`, with `w_h, gates, hn, hs, h0, valid` as coefficients;
 * `gru_backward`: its transpose `(dxz, dhz, dh0) = Lᵀ(ct_hs)`, backpropagation through time carrying
   only `dh`, native; `dxz` is written over `gates` (one `(T, B, 3H)` buffer less per step). The
-  weight gradients are then the transposes of the products outside the loop
-  (`dw_h = h_beforeᵀ·dhz` as one `(H, T·B) × (T·B, 3H)` product, `dw_x = xsᵀ·dxz`).
+  weight gradients are then the transposes of the products outside the loop: `dw_h = Σ_t
+  h_{t-1}ᵀ·dhz_t` and `db_hn` from one pass of the native weight-gradient kernel over `dhz`
+  (`lstmjax._native.project_weight_tangents`), `dw_x = xsᵀ·dxz` and `b`'s from XLA.
 
 As for the LSTM, each primitive has a pure-JAX reference (a `lax.scan`) that defines it and gives
 its lowering off the CPU, under `jax.export` and its higher derivatives; `vmap` over data folds

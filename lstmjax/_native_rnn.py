@@ -18,8 +18,9 @@ parameter (`activation`: `"tanh"`, `"relu"` or `"linear"`; an int attribute of t
   with `w_h, hs, valid` as coefficients;
 * `rnn_backward`: its transpose `(da, dh0) = Lᵀ(ct_hs)`, backpropagation through time carrying only
   `dh`, native; `da` is written over `ct_hs` (one `(T, B, H)` buffer less per step). The weight
-  gradients are then the transposes of the products outside the loop (`dw_h = h_beforeᵀ·da` as one
-  `(H, T·B) × (T·B, H)` product; `dw_x`, `db` and `dxs` from the transpose of `xz`).
+  gradients are then the transposes of the products outside the loop (`dw_h = Σ_t h_{t-1}ᵀ·da_t`
+  from one pass of the native weight-gradient kernel, `lstmjax._native.project_weight_tangents`;
+  `dw_x`, `db` and `dxs` from XLA's transpose of `xz`).
 
 As for the others, each primitive has a pure-JAX reference (a `lax.scan`) that defines it and gives
 its lowering off the CPU, under `jax.export` and its higher derivatives; `vmap` over data folds
