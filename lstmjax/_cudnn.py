@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import ad, batching
 
-from lstmjax._native import _aval, _linear_jvp, _linear_transpose, _primitive, forward_reference
+from lstmjax._native import _aval, _linear_jvp, _linear_transpose, _primitive, _vmapped_reference, forward_reference
 
 try:
     from jax.experimental import rnn
@@ -249,15 +249,6 @@ def _backward_jvp(primals, tangents, **params):
     return outputs, list(output_tangents)
 
 
-def _reference_under_vmap(reference):
-    """`vmap` of a primitive: its reference, vmapped (XLA's batched scan; one cuDNN call per item would
-    serialise the items, and a folded batch would give a reserve that no item's backward pass could use)."""
-    def rule(args, dims, **params):
-        outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
-        return list(outputs), [0] * len(outputs)
-    return rule
-
-
 ad.primitive_jvps[forward_p] = _forward_jvp
 ad.primitive_jvps[tangent_p] = _linear_jvp(tangent_p, tangent_reference, COEFFICIENTS)
 ad.primitive_jvps[backward_p] = _backward_jvp
@@ -265,7 +256,9 @@ ad.primitive_transposes[tangent_p] = _linear_transpose(backward_p, COEFFICIENTS)
 ad.primitive_transposes[backward_p] = _linear_transpose(tangent_p, COEFFICIENTS)
 for _p, _reference in ((forward_p, forward_reference_cudnn), (tangent_p, tangent_reference),
                        (backward_p, backward_reference)):
-    batching.primitive_batchers[_p] = _reference_under_vmap(_reference)
+    # vmap: the reference, vmapped (XLA's batched scan; one cuDNN call per item would serialise the
+    # items, and a folded batch would give a reserve that no item's backward pass could use)
+    batching.primitive_batchers[_p] = _vmapped_reference(_reference)
 
 
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry

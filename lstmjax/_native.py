@@ -35,7 +35,8 @@ references give the primitives' lowering off the CPU and under `jax.export`, and
 where a coefficient has a tangent (Hessians and other higher derivatives). Under `vmap`, a mapped
 axis of the data alone is folded into the kernel's batch, and a mapped weight (`vmap` over models
 or seeds) gives one kernel call per item in a `lax.map`, as does any mapped axis of the weight
-gradient (which sums over the batch, so nothing can fold into it). The
+gradient itself (which sums over the batch; under `grad(vmap(...))` the data axis is folded before
+the transpose, so it is one call). The
 tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse,
 reverse-over-forward, reverse-over-reverse) and `vmap` both ways against the XLA scan and
 float64.
@@ -336,8 +337,7 @@ def _batching_rule(primitive, axes, output_axes, reference):
     def rule(args, dims, **params):
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         if size == 0:
-            outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
-            return list(outputs), [0] * len(outputs)
+            return _vmapped_reference(reference)(args, dims, **params)
         if any(d is not None for a, d in zip(axes, dims) if a is None):
             return _per_item(primitive, args, dims, params)
         folded = [a if axis is None else _fold(a, d, axis, size) for a, d, axis in zip(args, dims, axes)]
@@ -345,6 +345,14 @@ def _batching_rule(primitive, axes, output_axes, reference):
         out_axes = output_axes(**params)
         return ([o if axis is None else _unfold(o, axis, size) for o, axis in zip(outputs, out_axes)],
                 list(out_axes))
+    return rule
+
+
+def _vmapped_reference(reference):
+    """`vmap` of a primitive as its reference under `vmap`, every result mapped along axis 0."""
+    def rule(args, dims, **params):
+        outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
+        return list(outputs), [0] * len(outputs)
     return rule
 
 
@@ -418,20 +426,12 @@ def _weight_gradient_avals(xs, h0, hs, dz):
             _aval(dz.shape[-1:], dz.dtype))
 
 
-def _reference_batching(reference):
-    """`vmap` of `projection_p`: its reference under `vmap` (XLA's batched products)."""
-    def rule(args, dims, **params):
-        outputs = jax.vmap(functools.partial(reference, **params), in_axes=tuple(dims))(*args)
-        return list(outputs), [0] * len(outputs)
-    return rule
-
-
 def _weight_gradient_batching(args, dims, **params):
     """`vmap` of `weight_gradient_p`: one kernel call per item (a weight gradient sums over the batch, so
     a mapped axis cannot fold into it), so that vmapped seeds or examples get the same sums, in the
     same order, as each run alone; the reference under `vmap` for an empty axis."""
     if next(a.shape[d] for a, d in zip(args, dims) if d is not None) == 0:
-        return _reference_batching(weight_gradient_reference)(args, dims, **params)
+        return _vmapped_reference(weight_gradient_reference)(args, dims, **params)
     return _per_item(weight_gradient_p, args, dims, params)
 
 
@@ -459,7 +459,10 @@ ad.primitive_jvps[weight_gradient_p] = _linear_jvp(weight_gradient_p, weight_gra
                                                    PRODUCT_COEFFICIENTS)
 ad.primitive_transposes[projection_p] = _linear_transpose(weight_gradient_p, PRODUCT_COEFFICIENTS)
 ad.primitive_transposes[weight_gradient_p] = _linear_transpose(projection_p, PRODUCT_COEFFICIENTS)
-batching.primitive_batchers[projection_p] = _reference_batching(projection_reference)
+# vmap of the projection: a mapped data axis (xs, h0, hs) joins its rows, so that under grad(vmap(...))
+# its transpose is one kernel call over the whole folded batch; mapped weight tangents map it per item.
+batching.primitive_batchers[projection_p] = _batching_rule(projection_p, (1, 0, 1, None, None, None), lambda: (1,),
+                                                           projection_reference)
 batching.primitive_batchers[weight_gradient_p] = _weight_gradient_batching
 
 

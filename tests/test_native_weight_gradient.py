@@ -53,10 +53,20 @@ LAYOUTS = {
 }
 
 
+def _kernel(xs, h0, hs, dz, threads):
+    """The custom call itself, with at most `threads` workers."""
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((xs.shape[-1], dz.shape[-1]), (hs.shape[-1], dz.shape[-1]),
+                                                              (dz.shape[-1],))]
+    return jax.ffi.ffi_call(_native.TARGETS["weight_gradient"], shapes)(xs, h0, hs, dz, threads=np.int32(threads))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_kernel_is_as_accurate_as_xlas_products(layout):
+def test_kernel_is_as_accurate_as_xlas_products(layout, threads):
+    """With one worker every panel is one item; with two (where the machine has them) panels are
+    shared out and, where there are few, split by rows."""
     arrays = _arrays(*LAYOUTS[layout])
-    native = jax.jit(_native._weight_gradient_native)(*arrays)
+    native = jax.jit(lambda *a: _kernel(*a, threads))(*arrays)
     xla = jax.jit(_native.weight_gradient_reference)(*arrays)
     exact = _exact(*arrays)
     assert [a.shape for a in native] == [e.shape for e in exact]
@@ -124,6 +134,22 @@ def test_vmap_over_examples_gives_each_its_own_weight_gradient():
             np.testing.assert_allclose(np.asarray(got[index]), np.asarray(want), rtol=1e-4, atol=1e-5)
 
 
+def test_grad_of_vmap_folds_the_data_into_one_kernel_call():
+    """`grad(vmap(loss))` over examples: the mapped axis joins the rows, so the weight gradient (summed
+    over examples) is one kernel call, equal to the gradient of the batched loss."""
+    cell, params, xs, state = _problem(6, (4,), 3, 32)
+
+    def per_example(p, x, s):
+        return _loss(cell)(p, x[:, None], jax.tree_util.tree_map(lambda a: a[None], s))
+
+    summed = jax.grad(lambda p: jnp.sum(jax.vmap(per_example, in_axes=(None, 1, 0))(p, xs, state)))
+    assert jax.jit(summed).lower(params).as_text().count("@lstmjax_weight_gradient") == 1
+    expected = jax.grad(lambda p: sum(per_example(p, xs[:, i], jax.tree_util.tree_map(lambda a: a[i], state))
+                                      for i in range(4)))(params)
+    for got, want in zip(jax.tree_util.tree_leaves(jax.jit(summed)(params)), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
 def test_vmap_over_seeds_sums_as_each_seed_alone():
     """Seeds trained together (`vmap` over stacked weights) get the weight gradients each would get
     alone, to float32 rounding of XLA's own batched ops: every kernel runs once per seed on the
@@ -132,10 +158,13 @@ def test_vmap_over_seeds_sums_as_each_seed_alone():
     seeds = jax.tree_util.tree_map(lambda w: jnp.stack([w, 0.5 * w, -w]), params)
     gradient = jax.jit(jax.grad(_loss(cell)))
     together = jax.jit(jax.vmap(jax.grad(_loss(cell)), in_axes=(0, None, None)))(seeds, xs, state)
+    # and the other order, grad of the sum over seeds of a vmapped loss
+    summed = jax.jit(jax.grad(lambda w: jnp.sum(jax.vmap(_loss(cell), in_axes=(0, None, None))(w, xs, state))))(seeds)
     for index in range(3):
         alone = gradient(jax.tree_util.tree_map(lambda w: w[index], seeds), xs, state)
-        for got, want in zip(jax.tree_util.tree_leaves(together), jax.tree_util.tree_leaves(alone)):
-            np.testing.assert_allclose(np.asarray(got[index]), np.asarray(want), rtol=1e-6, atol=1e-6)
+        for both in (together, summed):
+            for got, want in zip(jax.tree_util.tree_leaves(both), jax.tree_util.tree_leaves(alone)):
+                np.testing.assert_allclose(np.asarray(got[index]), np.asarray(want), rtol=1e-6, atol=1e-6)
 
 
 def test_kernel_refuses_inconsistent_shapes_by_name():

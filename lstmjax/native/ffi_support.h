@@ -1,5 +1,5 @@
-// lstmjax/native/ffi_support.h -- what the native recurrent kernels (lstm_cpu.cc, gru_cpu.cc,
-// rnn_cpu.cc) share besides the SIMD math of lstm_simd.h: an aligned per-call workspace, the argument checks that
+// lstmjax/native/ffi_support.h -- what the native kernels (lstm_cpu.cc, gru_cpu.cc, rnn_cpu.cc,
+// weight_gradient_cpu.cc) share besides the SIMD math of lstm_simd.h: an aligned per-call workspace, the argument checks that
 // turn a bad buffer into an FFI error naming it (what was received, what is required), and
 // parallel_for over XLA's own intra-op thread pool.
 #pragma once

@@ -17,7 +17,7 @@
 // panel (zero-filled past G, summing db on the way) into a small buffer that stays in L1, and the
 // register-blocked micro-kernel of lstm_simd.h (6 rows x 64 columns, A read transposed) adds
 // [X | H_before]^T's chunk times the packed one into the panel's (D+H) x 64 result tile. Work
-// items are panels, and where there are fewer panels than workers, parts of the T*B rows of a
+// items are panels, and where there are few panels for the workers, parts of the T*B rows of a
 // panel, whose partial tiles are summed at the end. Each worker takes a contiguous run of items.
 // The order of summation over rows is fixed by the shapes and the number of workers, so results
 // are deterministic on a machine. Errors (a buffer of the wrong rank or shape, threads out of range, a failed
@@ -26,7 +26,7 @@
 
 #include <cstdint>
 #include <cstring>
-#include <numeric>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -93,10 +93,17 @@ ffi::Error WeightGradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::B
 
   const int rows = (int)(T * B), M = (int)(D + H), panels = (int)((G + kPanel - 1) / kPanel);
   const int workers = std::min(workers_for(pool, threads), std::max(1, rows / kChunk) * panels);
-  // Fewer panels than workers: split each panel's rows into `parts` so that every worker has work.
+  // Few panels for the workers (for instance 3 on 2): split each panel's rows into `parts`, the
+  // fewest that give the busiest worker the least work, at most ceil(4 * workers / panels) so that
+  // the partial tiles stay under about 8 * workers tiles.
   int parts = 1;
-  if (panels < 4 * workers) parts = workers / std::gcd(panels, workers);
-  parts = std::max(1, std::min(parts, rows / kChunk));
+  if (panels < 4 * workers) {
+    long best = 0;  // the busiest worker's items, in units of 1 / (parts of the best) panels, compared exactly
+    for (int p = 1; p <= (4 * workers + panels - 1) / panels && p <= std::max(1, rows / kChunk); ++p) {
+      const long busiest = ((long)panels * p + workers - 1) / workers;  // items of 1/p panel each
+      if (p == 1 || busiest * parts < best * p) best = busiest, parts = p;
+    }
+  }
   const int items = panels * parts;
   const size_t tile = (size_t)M * kPanel + kPanel;  // a panel's (D+H) x 64 result and its 64 db sums
   const size_t per_worker = tile + (size_t)kChunk * kPanel;
@@ -130,11 +137,8 @@ ffi::Error WeightGradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> xs, ffi::B
       const int p = item / parts, s = item % parts;
       const int first = (int)((long)rows * s / parts), last = (int)((long)rows * (s + 1) / parts);
       const int width = (int)std::min<int64_t>(kPanel, G - (int64_t)p * kPanel);
-      const __mmask16 mask[4] = {
-          (__mmask16)(width >= 16 ? 0xFFFF : (1u << std::max(width, 0)) - 1),
-          (__mmask16)(width >= 32 ? 0xFFFF : width <= 16 ? 0 : (1u << (width - 16)) - 1),
-          (__mmask16)(width >= 48 ? 0xFFFF : width <= 32 ? 0 : (1u << (width - 32)) - 1),
-          (__mmask16)(width >= 64 ? 0xFFFF : width <= 48 ? 0 : (1u << (width - 48)) - 1)};
+      __mmask16 mask[4];  // the panel's columns inside G, per vector of 16
+      for (int v = 0; v < 4; ++v) mask[v] = (__mmask16)((1u << std::clamp(width - 16 * v, 0, 16)) - 1);
       std::memset(C, 0, tile * sizeof(float));
       __m512 sums[4];
       for (int v = 0; v < 4; ++v) sums[v] = _mm512_setzero_ps();
