@@ -28,7 +28,8 @@ The weights' part of `dz`, `xs·dw_x + h_{t-1}·dw_h + db`, is a fourth primitiv
 the weight gradients `(Σ_t x_tᵀ·dz_t, Σ_t h_{t-1}ᵀ·dz_t, Σ dz)`, is a fifth, `lstm_weight_gradient`:
 one pass of a native kernel (`native/weight_gradient_cpu.cc`) over `dz`, reading `h_{t-1}` from
 `h0` and `hs` in place, faster than XLA's own products (README, Performance). `dxs·w_x` stays an
-XLA product.
+XLA product. The GRU and the RNN use the same two primitives for their recurrent weights
+(`project_weight_tangents`).
 
 Each primitive has a pure-JAX reference (a `lax.scan`, or plain products) that defines it: the
 references give the primitives' lowering off the CPU and under `jax.export`, and their derivatives
@@ -36,10 +37,9 @@ where a coefficient has a tangent (Hessians and other higher derivatives). Under
 axis of the data alone is folded into the kernel's batch, and a mapped weight (`vmap` over models
 or seeds) gives one kernel call per item in a `lax.map`, as does any mapped axis of the weight
 gradient itself (which sums over the batch; under `grad(vmap(...))` the data axis is folded before
-the transpose, so it is one call). The
-tests check values and derivatives of every kind (`jax.jvp`, `jax.grad`, forward-over-reverse,
-reverse-over-forward, reverse-over-reverse) and `vmap` both ways against the XLA scan and
-float64.
+the transpose, so it is one call). The tests check values and derivatives of every kind
+(`jax.jvp`, `jax.grad`, forward-over-reverse, reverse-over-forward, reverse-over-reverse) and
+`vmap` both ways against the XLA scan and float64.
 
 `lj.unroll` takes this path for an as-built `lj.lstm` cell in float32 without `resets`, from
 `MIN_HIDDEN_SIZE` up (with `remat`, each checkpointed chunk of steps is one set of calls), when
