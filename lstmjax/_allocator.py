@@ -1,9 +1,10 @@
 """Keep freed host memory for reuse: no page faults per training step on a CPU (glibc's malloc).
 
 XLA:CPU allocates a compiled step's temporaries as one block (40.7 MiB for a B = 32, T = 100,
-D = 32, H = 256 LSTM training step on the XLA path; 21.9 MiB with the native kernels) with
-`malloc` and frees it when the step ends. glibc gives a block that large (above its mmap
-threshold, which adapts up to 32 MiB) its own `mmap` and
+D = 32, H = 256 LSTM training step on the XLA path; 21.9 MiB with the native kernels, which glibc
+keeps on some steps and maps afresh on others) with `malloc` and frees it when the step ends.
+glibc gives a block that large (above its mmap threshold, which adapts up to 32 MiB) its own
+`mmap` and
 unmaps it on `free`, so every step faults the whole block in again, a zeroed 4 KiB page at a
 time: 10,417 page faults a step there (counted on this project's 2-core AMD EPYC). Raising the
 threshold cannot help, since glibc caps it at 32 MiB; `tune_cpu_allocator()` instead tells glibc
