@@ -409,12 +409,13 @@ def weight_gradient_reference(xs, h0, hs, dz):
     return [_rows(xs).T @ rows, _rows(_h_before(h0, hs)).T @ rows, rows.sum(0)]
 
 
-def _weight_gradient_native(xs, h0, hs, dz):
+def _weight_gradient_native(xs, h0, hs, dz, threads: int | None = None):
     """`weight_gradient` on the kernel (`native/weight_gradient_cpu.cc`): one pass over `dz`, reading
-    `h_{t-1}` from `h0` and `hs` in place."""
+    `h_{t-1}` from `h0` and `hs` in place, with at most `threads` workers (default: every core)."""
     inputs, hidden, gates = xs.shape[-1], hs.shape[-1], dz.shape[-1]
     shapes = [jax.ShapeDtypeStruct(s, dz.dtype) for s in ((inputs, gates), (hidden, gates), (gates,))]
-    return jax.ffi.ffi_call(TARGETS["weight_gradient"], shapes)(xs, h0, hs, dz, threads=np.int32(_cores()))
+    threads = _cores() if threads is None else threads
+    return jax.ffi.ffi_call(TARGETS["weight_gradient"], shapes)(xs, h0, hs, dz, threads=np.int32(threads))
 
 
 def _projection_avals(xs, h0, hs, dw_x, dw_h, db):
@@ -426,23 +427,15 @@ def _weight_gradient_avals(xs, h0, hs, dz):
             _aval(dz.shape[-1:], dz.dtype))
 
 
-def _weight_gradient_batching(args, dims, **params):
-    """`vmap` of `weight_gradient_p`: one kernel call per item (a weight gradient sums over the batch, so
-    a mapped axis cannot fold into it), so that vmapped seeds or examples get the same sums, in the
-    same order, as each run alone; the reference under `vmap` for an empty axis."""
-    if next(a.shape[d] for a, d in zip(args, dims) if d is not None) == 0:
-        return _vmapped_reference(weight_gradient_reference)(args, dims, **params)
-    return _per_item(weight_gradient_p, args, dims, params)
-
-
 def project_weight_tangents(xs, h0, hs, dw_x, dw_h, db, gates: int):
     """`xs·dw_x + h_{t-1}·dw_h + db` `(T, B, gates)` from the weights' tangents (`None` or a symbolic
-    zero for none; `xs` may have no inputs, `(T, B, 0)`), as `projection_p`, so that under `jax.grad`
-    the weight gradients are one pass of the native kernel over the backward's result (the LSTM, and
-    the recurrent weights of the GRU and the RNN); `None` if every tangent is zero."""
+    zero for none; `xs` `None` for no inputs, as for the GRU's and the RNN's recurrent part), as
+    `projection_p`, so that under `jax.grad` the weight gradients are one pass of the native kernel
+    over the backward's result; `None` if every tangent is zero."""
     tangents = (dw_x, dw_h, db)
     if all(t is None or isinstance(t, SymbolicZero) for t in tangents):
         return None
+    xs = jnp.zeros((*hs.shape[:2], 0), hs.dtype) if xs is None else xs
     shapes = ((xs.shape[-1], gates), (hs.shape[-1], gates), (gates,))
     dw_x, dw_h, db = (jnp.zeros(shape, hs.dtype) if t is None or isinstance(t, SymbolicZero) else t
                       for t, shape in zip(tangents, shapes))
@@ -463,7 +456,10 @@ ad.primitive_transposes[weight_gradient_p] = _linear_transpose(projection_p, PRO
 # its transpose is one kernel call over the whole folded batch; mapped weight tangents map it per item.
 batching.primitive_batchers[projection_p] = _batching_rule(projection_p, (1, 0, 1, None, None, None), lambda: (1,),
                                                            projection_reference)
-batching.primitive_batchers[weight_gradient_p] = _weight_gradient_batching
+# vmap of the weight gradient: no axis folds into it (it sums over the batch), so one kernel call per item,
+# and vmapped seeds or examples get the same sums, in the same order, as each run alone.
+batching.primitive_batchers[weight_gradient_p] = _batching_rule(weight_gradient_p, (None,) * 4, lambda: (None,) * 3,
+                                                                weight_gradient_reference)
 
 
 # ---------------------------------------------------------------- the sequence, and lj.unroll's entry

@@ -43,6 +43,7 @@ from jax.interpreters import ad, batching
 from lstmjax._native import (
     _aval,
     _batching_rule,
+    _h_before,
     _linear_jvp,
     _linear_transpose,
     _pad_recurrent,
@@ -85,7 +86,7 @@ def forward_reference(xz, valid, w_h, b_hn, h0, *, save: bool):
 def tangent_reference(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0):
     """`gru_tangent` in JAX: the forward-mode scan, `dhz_t + dh_{t-1}·w_h` -> the step's linearisation
     (held steps hold the tangent too). Returns `(dhs,)`, `(T, B, H)`."""
-    h_before = jnp.concatenate([h0[None], hs[:-1]])
+    h_before = _h_before(h0, hs)
 
     def step(dh_before, inputs):
         gates_t, hn, h_before_t, real, dxz_t, dhz_t = inputs
@@ -207,8 +208,7 @@ def _sequence_jvp(primals, tangents):
     hidden = w_h.shape[0]
     # dhz = h_{t-1}·dw_h + [0, 0, db_hn]: its transpose is the native weight-gradient kernel's pass
     db = None if isinstance(db_hn, SymbolicZero) else jnp.pad(db_hn, (2 * hidden, 0))
-    no_inputs = jnp.zeros((*hs.shape[:2], 0), hs.dtype)
-    dhz = project_weight_tangents(no_inputs, h0, hs, None, dw_h, db, 3 * hidden)
+    dhz = project_weight_tangents(None, h0, hs, None, dw_h, db, 3 * hidden)
     dhz = jnp.zeros(xz.shape, xz.dtype) if dhz is None else dhz
     dxz, dh0 = (jnp.zeros(p.shape, p.dtype) if isinstance(t, SymbolicZero) else t for t, p in ((dxz, xz), (dh0, h0)))
     (dhs,) = tangent_p.bind(w_h, gates, hn, hs, h0, valid, dxz, dhz, dh0)

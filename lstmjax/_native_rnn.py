@@ -194,8 +194,7 @@ def _sequence_jvp(activation, primals, tangents):
     dw_h, dxz, _, dh0 = tangents
     (hs,) = forward_p.bind(xz, valid, w_h, h0, activation=activation)
     # dz = dxz + h_{t-1}·dw_h: the second term's transpose is the native weight-gradient kernel's pass
-    no_inputs = jnp.zeros((*hs.shape[:2], 0), hs.dtype)
-    recurrent = project_weight_tangents(no_inputs, h0, hs, None, dw_h, None, w_h.shape[-1])
+    recurrent = project_weight_tangents(None, h0, hs, None, dw_h, None, w_h.shape[-1])
     dz = _sum_terms([(dxz, lambda d: d), (recurrent, lambda d: d)])
     dz = jnp.zeros(xz.shape, xz.dtype) if dz is None else dz
     dh0 = jnp.zeros(h0.shape, h0.dtype) if isinstance(dh0, SymbolicZero) else dh0

@@ -53,20 +53,13 @@ LAYOUTS = {
 }
 
 
-def _kernel(xs, h0, hs, dz, threads):
-    """The custom call itself, with at most `threads` workers."""
-    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((xs.shape[-1], dz.shape[-1]), (hs.shape[-1], dz.shape[-1]),
-                                                              (dz.shape[-1],))]
-    return jax.ffi.ffi_call(_native.TARGETS["weight_gradient"], shapes)(xs, h0, hs, dz, threads=np.int32(threads))
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_kernel_is_as_accurate_as_xlas_products(layout, threads):
     """With one worker every panel is one item; with two (where the machine has them) panels are
     shared out and, where there are few, split by rows."""
     arrays = _arrays(*LAYOUTS[layout])
-    native = jax.jit(lambda *a: _kernel(*a, threads))(*arrays)
+    native = jax.jit(lambda *a: _native._weight_gradient_native(*a, threads=threads))(*arrays)
     xla = jax.jit(_native.weight_gradient_reference)(*arrays)
     exact = _exact(*arrays)
     assert [a.shape for a in native] == [e.shape for e in exact]
@@ -170,13 +163,11 @@ def test_vmap_over_seeds_sums_as_each_seed_alone():
 def test_kernel_refuses_inconsistent_shapes_by_name():
     """The custom call checks its buffers itself (the wrappers never send such shapes)."""
     xs, h0, hs, dz = (jnp.asarray(a) for a in _arrays(2, 4, 3, 8, 32))
-    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((3, 32), (8, 32), (32,))]
-    call = jax.jit(lambda *a: jax.ffi.ffi_call(_native.TARGETS["weight_gradient"], shapes)(*a, threads=np.int32(2)))
+    call = jax.jit(_native._weight_gradient_native)
     with pytest.raises(Exception, match=r"hs has shape \(2, 4, 7\) but must be \(T, B, H\) = \(2, 4, 8\)"):
         jax.block_until_ready(call(xs, h0, hs[..., :7], dz))
     with pytest.raises(Exception, match=r"dz has shape \(2, 3, 32\) but must be \(T, B, G\) = \(2, 4, 32\)"):
         jax.block_until_ready(call(xs, h0, hs, dz[:, :3]))
-    bad_threads = jax.jit(lambda *a: jax.ffi.ffi_call(_native.TARGETS["weight_gradient"], shapes)(
-        *a, threads=np.int32(0)))
+    bad_threads = jax.jit(lambda *a: _native._weight_gradient_native(*a, threads=0))
     with pytest.raises(Exception, match=r"attribute threads = 0 must be in \[1, 256\]"):
         jax.block_until_ready(bad_threads(xs, h0, hs, dz))

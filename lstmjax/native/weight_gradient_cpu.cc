@@ -28,7 +28,6 @@
 #include <cstring>
 #include <algorithm>
 #include <string>
-#include <vector>
 
 #include "ffi_support.h"
 #include "lstm_simd.h"
